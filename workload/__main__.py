@@ -1,0 +1,3 @@
+from workload.cli import main
+
+raise SystemExit(main())
