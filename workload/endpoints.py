@@ -1,0 +1,48 @@
+"""Where the database and the broker are: given explicitly, or the running embedded stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workload.embedded import EmbeddedStack
+from workload.errors import LabError
+from workload.settings import Settings
+
+EMBEDDED_TOPOLOGY = "embedded-postgres"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    dsn: str
+    kafka_bootstrap: str | None
+    topology: str
+    embedded: bool
+
+
+def resolve(settings: Settings, *, need_kafka: bool = False) -> Endpoints:
+    """The servers a command talks to. Without --dsn (or LAB_DSN, or stack outputs) the kit
+    finds the embedded stack through the run directory; it never starts one silently."""
+    if settings.dsn is not None:
+        if need_kafka and settings.kafka_bootstrap is None:
+            raise LabError(
+                "a database URL was given but no Kafka bootstrap; pass --kafka-bootstrap "
+                "(or LAB_KAFKA_BOOTSTRAP, or --stack-outputs)"
+            )
+        return Endpoints(
+            dsn=settings.dsn,
+            kafka_bootstrap=settings.kafka_bootstrap,
+            topology=settings.topology or "custom",
+            embedded=False,
+        )
+    found = EmbeddedStack(settings.run_dir).find()
+    if found is None:
+        raise LabError(
+            f"no database URL given and no embedded stack running in {settings.run_dir}; "
+            "start one with `python -m workload up`, or pass --dsn (LAB_DSN)"
+        )
+    return Endpoints(
+        dsn=found.dsn,
+        kafka_bootstrap=settings.kafka_bootstrap or found.kafka_bootstrap,
+        topology=settings.topology or EMBEDDED_TOPOLOGY,
+        embedded=True,
+    )

@@ -1,0 +1,372 @@
+"""The six domains' tables, declared once in dialect-neutral SQL and rendered by the dialect.
+
+Keys are UUIDs (random, so inserts spread over CockroachDB's ranges; no sequences). Indexes
+on time-ordered columns are marked ``time_ordered`` and become hash-sharded on CockroachDB.
+Foreign keys stay inside a domain: on CockroachDB each domain is a database, and
+cross-database foreign keys are off by default there.
+
+Quantities are whole shares (INT8); prices NUMERIC(18,4) as the market quotes them; average
+fill prices NUMERIC(18,6) (see ``workload.fairprice`` for the rounding rule); cash
+NUMERIC(20,4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import psycopg
+from psycopg import sql
+
+from workload.dialect import OWNER_MARK, Dialect, Index, Table
+from workload.errors import LabError
+
+DOMAINS = ("reference", "market", "holdings", "orders", "trades", "allocations")
+
+TABLES: tuple[Table, ...] = (
+    # -- reference: what can be traded ------------------------------------------------------
+    Table(
+        "reference",
+        "securities",
+        (
+            "security_id UUID NOT NULL",
+            "ticker TEXT NOT NULL",
+            "name TEXT NOT NULL",
+            "sector TEXT NOT NULL",
+            "asset_class TEXT NOT NULL",
+            "currency TEXT NOT NULL DEFAULT 'USD'",
+        ),
+        ("security_id",),
+        indexes=(Index("securities_ticker_key", ("ticker",), unique=True),),
+    ),
+    # -- market: daily bars, a time series ----------------------------------------------------
+    Table(
+        "market",
+        "daily_prices",
+        (
+            "security_id UUID NOT NULL",
+            "trade_date DATE NOT NULL",
+            "open NUMERIC(18,4) NOT NULL",
+            "high NUMERIC(18,4) NOT NULL",
+            "low NUMERIC(18,4) NOT NULL",
+            "close NUMERIC(18,4) NOT NULL",
+            "volume INT8 NOT NULL",
+        ),
+        ("security_id", "trade_date"),
+        constraints=(
+            "CONSTRAINT daily_prices_range CHECK (low > 0 AND low <= open AND low <= close "
+            "AND high >= open AND high >= close)",
+            "CONSTRAINT daily_prices_volume CHECK (volume > 0)",
+        ),
+        indexes=(Index("daily_prices_trade_date_idx", ("trade_date",), time_ordered=True),),
+    ),
+    # -- holdings: managers, models, accounts, positions ----------------------------------------
+    Table(
+        "holdings",
+        "managers",
+        ("manager_id UUID NOT NULL", "name TEXT NOT NULL"),
+        ("manager_id",),
+    ),
+    Table(
+        "holdings",
+        "models",
+        ("model_id UUID NOT NULL", "manager_id UUID NOT NULL", "name TEXT NOT NULL"),
+        ("model_id",),
+        constraints=(
+            "CONSTRAINT models_manager_fk FOREIGN KEY (manager_id) "
+            "REFERENCES holdings.managers (manager_id)",
+        ),
+    ),
+    Table(
+        "holdings",
+        "model_weights",
+        (
+            "model_id UUID NOT NULL",
+            "security_id UUID NOT NULL",
+            "weight NUMERIC(9,8) NOT NULL",
+        ),
+        ("model_id", "security_id"),
+        constraints=(
+            "CONSTRAINT model_weights_range CHECK (weight > 0 AND weight <= 1)",
+            "CONSTRAINT model_weights_model_fk FOREIGN KEY (model_id) "
+            "REFERENCES holdings.models (model_id)",
+        ),
+    ),
+    Table(
+        "holdings",
+        "accounts",
+        (
+            "account_id UUID NOT NULL",
+            "manager_id UUID NOT NULL",
+            "model_id UUID NOT NULL",
+            "name TEXT NOT NULL",
+            "cash NUMERIC(20,4) NOT NULL",
+        ),
+        ("account_id",),
+        constraints=(
+            "CONSTRAINT accounts_cash CHECK (cash >= 0)",
+            "CONSTRAINT accounts_model_fk FOREIGN KEY (model_id) "
+            "REFERENCES holdings.models (model_id)",
+        ),
+        indexes=(Index("accounts_group_idx", ("manager_id", "model_id")),),
+    ),
+    Table(
+        "holdings",
+        "positions",
+        ("account_id UUID NOT NULL", "security_id UUID NOT NULL", "quantity INT8 NOT NULL"),
+        ("account_id", "security_id"),
+        constraints=(
+            "CONSTRAINT positions_quantity CHECK (quantity >= 0)",
+            "CONSTRAINT positions_account_fk FOREIGN KEY (account_id) "
+            "REFERENCES holdings.accounts (account_id)",
+        ),
+    ),
+    # -- orders: rebalance requests, customer orders, block orders ------------------------------
+    Table(
+        "orders",
+        "rebalance_requests",
+        (
+            "request_id UUID NOT NULL",
+            "manager_id UUID NOT NULL",
+            "model_id UUID NOT NULL",
+            "trade_date DATE NOT NULL",
+            "created_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("request_id",),
+        # One request per group and day: re-running a day's rebalance creates nothing twice.
+        indexes=(
+            Index(
+                "rebalance_requests_group_day_key",
+                ("manager_id", "model_id", "trade_date"),
+                unique=True,
+            ),
+        ),
+    ),
+    Table(
+        "orders",
+        "block_orders",
+        (
+            "block_order_id UUID NOT NULL",
+            "request_id UUID NOT NULL",
+            "security_id UUID NOT NULL",
+            "side TEXT NOT NULL",
+            "quantity INT8 NOT NULL",
+            "account_count INT8 NOT NULL",
+            "order_type TEXT NOT NULL DEFAULT 'market'",
+            "destination TEXT NOT NULL DEFAULT 'XNYS'",
+            "status TEXT NOT NULL DEFAULT 'open'",
+            "trade_date DATE NOT NULL",
+            "created_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("block_order_id",),
+        constraints=(
+            "CONSTRAINT block_orders_side CHECK (side IN ('buy', 'sell'))",
+            "CONSTRAINT block_orders_quantity CHECK (quantity > 0 AND account_count > 0)",
+            "CONSTRAINT block_orders_status CHECK (status IN ('open', 'filled', 'closed'))",
+            "CONSTRAINT block_orders_request_fk FOREIGN KEY (request_id) "
+            "REFERENCES orders.rebalance_requests (request_id)",
+        ),
+        indexes=(
+            Index("block_orders_request_key", ("request_id", "security_id", "side"), unique=True),
+            Index("block_orders_day_status_idx", ("trade_date", "status"), time_ordered=True),
+        ),
+    ),
+    Table(
+        "orders",
+        "customer_orders",
+        (
+            "order_id UUID NOT NULL",
+            "request_id UUID NOT NULL",
+            "block_order_id UUID NOT NULL",
+            "account_id UUID NOT NULL",
+            "security_id UUID NOT NULL",
+            "side TEXT NOT NULL",
+            "quantity INT8 NOT NULL",
+            "created_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("order_id",),
+        constraints=(
+            "CONSTRAINT customer_orders_side CHECK (side IN ('buy', 'sell'))",
+            "CONSTRAINT customer_orders_quantity CHECK (quantity > 0)",
+            "CONSTRAINT customer_orders_block_fk FOREIGN KEY (block_order_id) "
+            "REFERENCES orders.block_orders (block_order_id)",
+        ),
+        indexes=(
+            Index(
+                "customer_orders_request_key",
+                ("request_id", "account_id", "security_id"),
+                unique=True,
+            ),
+            Index("customer_orders_block_idx", ("block_order_id",)),
+        ),
+    ),
+    # -- trades: executions against block orders, the CDC source ---------------------------
+    Table(
+        "trades",
+        "executions",
+        (
+            "execution_id UUID NOT NULL",
+            "block_order_id UUID NOT NULL",
+            "seq INT8 NOT NULL",
+            "activity TEXT NOT NULL",
+            # execute: the lot; bust: the busted execution's lot; replace: the new order quantity
+            "quantity INT8 NOT NULL",
+            "price NUMERIC(18,4)",
+            "ref_execution_id UUID",
+            "order_type TEXT",
+            "destination TEXT",
+            "executed_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("execution_id",),
+        constraints=(
+            "CONSTRAINT executions_activity CHECK (activity IN ('execute', 'bust', 'replace'))",
+            "CONSTRAINT executions_quantity CHECK (quantity >= 0)",
+            "CONSTRAINT executions_price CHECK (price IS NULL OR price > 0)",
+        ),
+        indexes=(
+            Index("executions_block_seq_key", ("block_order_id", "seq"), unique=True),
+            Index("executions_executed_at_idx", ("executed_at",), time_ordered=True),
+        ),
+    ),
+    # -- allocations: fills, fair-price snapshots, account allocations, the OMS outbox ----------
+    Table(
+        "allocations",
+        "fills",
+        (
+            "execution_id UUID NOT NULL",
+            "block_order_id UUID NOT NULL",
+            "activity TEXT NOT NULL",
+            "quantity INT8 NOT NULL",
+            "price NUMERIC(18,4)",
+            "ref_execution_id UUID",
+            "executed_at TIMESTAMPTZ NOT NULL",
+            "allocated_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("execution_id",),
+        indexes=(Index("fills_block_idx", ("block_order_id",)),),
+    ),
+    Table(
+        "allocations",
+        "block_fills",
+        (
+            "block_order_id UUID NOT NULL",
+            "order_quantity INT8 NOT NULL",
+            "filled_quantity INT8 NOT NULL",
+            "notional NUMERIC(24,4) NOT NULL",
+            "avg_price NUMERIC(18,6)",
+            "snapshot_seq INT8 NOT NULL",
+            "status TEXT NOT NULL",
+            "updated_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("block_order_id",),
+        constraints=(
+            "CONSTRAINT block_fills_bounds CHECK "
+            "(filled_quantity >= 0 AND filled_quantity <= order_quantity)",
+        ),
+    ),
+    Table(
+        "allocations",
+        "snapshots",
+        (
+            "block_order_id UUID NOT NULL",
+            "snapshot_seq INT8 NOT NULL",
+            "filled_quantity INT8 NOT NULL",
+            "avg_price NUMERIC(18,6)",
+            "created_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("block_order_id", "snapshot_seq"),
+    ),
+    Table(
+        "allocations",
+        "account_allocations",
+        (
+            "block_order_id UUID NOT NULL",
+            "account_id UUID NOT NULL",
+            "quantity INT8 NOT NULL",
+            "price NUMERIC(18,6)",
+            "snapshot_seq INT8 NOT NULL",
+        ),
+        ("block_order_id", "account_id"),
+        constraints=("CONSTRAINT account_allocations_quantity CHECK (quantity >= 0)",),
+    ),
+    Table(
+        "allocations",
+        "oms_outbox",
+        (
+            "block_order_id UUID NOT NULL",
+            "snapshot_seq INT8 NOT NULL",
+            "filled_quantity INT8 NOT NULL",
+            "avg_price NUMERIC(18,6)",
+            "status TEXT NOT NULL",
+            "created_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("block_order_id",),
+        indexes=(Index("oms_outbox_created_idx", ("created_at",), time_ordered=True),),
+    ),
+)
+
+
+def table(qualified: str) -> Table:
+    for t in TABLES:
+        if t.qualified == qualified:
+            return t
+    raise KeyError(qualified)
+
+
+def render_create(dialect: Dialect) -> list:
+    """Every statement of ``schema create``, in order (domains first, then tables)."""
+    statements: list = []
+    for domain in DOMAINS:
+        statements.extend(dialect.create_domain(domain))
+    for t in TABLES:
+        statements.extend(dialect.create_table(t))
+    return statements
+
+
+def foreign_domains(conn: psycopg.Connection, dialect: Dialect) -> list[str]:
+    """Domains that exist but were not created by the kit (no owner mark): never touched."""
+    rows = conn.execute(dialect.domain_owner_query(), (list(DOMAINS),)).fetchall()
+    return sorted(name for name, comment in rows if comment != OWNER_MARK)
+
+
+def existing_domains(conn: psycopg.Connection, dialect: Dialect) -> list[str]:
+    rows = conn.execute(dialect.domain_owner_query(), (list(DOMAINS),)).fetchall()
+    return sorted(name for name, comment in rows if comment == OWNER_MARK)
+
+
+def _refuse_foreign(conn: psycopg.Connection, dialect: Dialect) -> None:
+    foreign = foreign_domains(conn, dialect)
+    if foreign:
+        kind = "database" if dialect.is_cockroachdb else "schema"
+        raise LabError(
+            f"{kind}(s) {', '.join(foreign)} already exist but were not created by this kit; "
+            f"point the kit at another database (--dsn) or remove them yourself"
+        )
+
+
+def create(conn: psycopg.Connection, dialect: Dialect) -> int:
+    """Create every domain and table that is missing; returns how many statements ran."""
+    _refuse_foreign(conn, dialect)
+    statements = render_create(dialect)
+    with conn.transaction() if dialect.transactional_ddl else contextlib.nullcontext():
+        for statement in statements:
+            conn.execute(statement)
+    return len(statements)
+
+
+def drop(conn: psycopg.Connection, dialect: Dialect) -> list[str]:
+    """Drop the kit's domains (and nothing else); returns the dropped domain names."""
+    dropped = existing_domains(conn, dialect)
+    for domain in dropped:
+        conn.execute(dialect.drop_domain(domain))
+    return dropped
+
+
+def row_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Rows per table of the kit (exact counts: this is for summaries and tests)."""
+    counts = {}
+    for t in TABLES:
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(t.domain), sql.Identifier(t.name)
+        )
+        counts[t.qualified] = conn.execute(query).fetchone()[0]
+    return counts
