@@ -60,3 +60,10 @@ def kafka_cluster_id(seed: str) -> str:
     """
     digest = hashlib.sha256(seed.encode()).digest()[:16]
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+KAFKA_BOOTSTRAP_IN_NETWORK = "kafkaBootstrapInternal"
+"""Stack output: the Kafka bootstrap as seen from CockroachDB's own network (what a changefeed's
+``kafka://`` sink URI needs). On Docker it differs from ``kafkaBootstrap``, which is for the host;
+on Kubernetes they are equal. A candidate for ``workload.stack_outputs`` once the CDC step
+reads it."""
