@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
-from infra_harness import run_stack, secret_values
+from infra_harness import REPO, run_stack, secret_values
 
 from workload.stack_outputs import ADMIN_URLS, KAFKA_BOOTSTRAP, SQL_URL, TOPOLOGY
 
@@ -180,3 +184,47 @@ def test_two_nodes_warns_through_pulumi_log():
     run = run_stack("docker-3", overrides={"crdblab:nodes": "2"})
     assert len(crdb_nodes(run)) == 2
     assert any("no fault tolerance" in w for w in run.warnings)
+
+
+def test_program_imports_as_pulumi_runs_it_from_infra(tmp_path):
+    """Pulumi starts the program with infra/ as its directory and no repository root on
+    sys.path; __main__.py must still import infra.* and workload.stack_outputs."""
+    script = tmp_path / "run_like_pulumi.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import runpy, sys
+            sys.path[:] = [p for p in sys.path if p not in ("", {str(REPO)!r})]
+            sys.path.insert(0, {str(REPO / "infra")!r})
+            import pulumi
+            from pulumi.runtime import Mocks
+
+            class Echo(Mocks):
+                def new_resource(self, args):
+                    return args.name + "-id", dict(args.inputs, imageId="sha256:x")
+
+                def call(self, args):
+                    return {{}}
+
+            pulumi.runtime.set_mocks(Echo(), project="crdblab", stack="docker-1", preview=False)
+            pulumi.runtime.set_all_config({{"crdblab:platform": "docker", "crdblab:nodes": "1"}})
+
+            @pulumi.runtime.test
+            def program():
+                exports = runpy.run_path("__main__.py")["exports"]
+                return pulumi.Output.all(*exports.values()).apply(print)
+
+            program()
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", str(script)],
+        cwd=REPO / "infra",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "docker-1n-2cpu" in done.stdout
