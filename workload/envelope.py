@@ -104,7 +104,7 @@ REASONS = frozenset(
         "replace_only_field",  # order_type or destination on an execute or bust
         "bad_timestamp",  # executed_at not an RFC 3339 time with offset
         "bad_hlc",  # updated or resolved not "<wall ns>.<10-digit logical>"
-        "bad_key",  # the Kafka key missing or not a one-element JSON array of a UUID
+        "bad_key",  # a change without the key [block_order_id], or a resolved with a key
         "key_mismatch",  # the Kafka key is not after.block_order_id
     }
 )
@@ -276,7 +276,7 @@ def _check_types(e: Execution) -> None:
 
 
 def _check_rules(e: Execution) -> None:
-    """The table's rules per activity (the module docstring of REASONS names each code)."""
+    """The table's rules per activity; the comments in REASONS name each code."""
     for name in ("seq", "quantity"):
         if not INT8_MIN <= getattr(e, name) <= INT8_MAX:
             raise InvalidExecution("out_of_range", f"{name} {getattr(e, name)} is not an INT8")
@@ -564,7 +564,10 @@ def _key_block_order(key: bytes | None, max_size: int) -> uuid.UUID:
         raise InvalidMessage("bad_key", "a change needs the Kafka key [block_order_id]")
     if len(key) > max_size:
         raise InvalidMessage("too_large", f"key of {len(key)} bytes exceeds {max_size}")
-    parsed = _load(bytes(key), "key")
+    try:
+        parsed = _load(bytes(key), "key")
+    except InvalidMessage as exc:
+        raise InvalidMessage("bad_key", exc.detail) from None
     if not (isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], str)):
         raise InvalidMessage("bad_key", f"key must be a one-UUID JSON array: {parsed!r}")
     if _UUID_TEXT.fullmatch(parsed[0]) is None:
