@@ -411,7 +411,7 @@ class BlockOrderMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def replace_out_of_bounds(self, data: st.DataObject) -> None:
-        below = st.integers(-5, self.fill.filled - 1) if self.fill.filled else st.nothing()
+        below = st.integers(0, self.fill.filled - 1) if self.fill.filled else st.nothing()
         quantity = data.draw(st.one_of(below, st.integers(1001, 2000)))
         with pytest.raises(InvalidReplace):
             self.fill.apply(amend(self._seq(), quantity))
