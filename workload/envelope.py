@@ -142,6 +142,9 @@ class Activity(StrEnum):
     REPLACE = "replace"
 
 
+_ACTIVITIES = frozenset(activity.value for activity in Activity)
+
+
 # --------------------------------------------------------------------------------------------
 # HLC timestamps
 # --------------------------------------------------------------------------------------------
@@ -265,7 +268,7 @@ def _check_types(e: Execution) -> None:
         need(getattr(e, name) is None or isinstance(getattr(e, name), str), name, "str or None")
     need(isinstance(e.executed_at, datetime), "executed_at", "a datetime")
     need(e.updated is None or isinstance(e.updated, HLC), "updated", "an HLC or None")
-    if e.activity not in Activity._value2member_map_:
+    if e.activity not in _ACTIVITIES:
         raise InvalidExecution("unknown_activity", f"activity {e.activity!r}")
     for name in ("order_type", "destination"):
         text = getattr(e, name)
@@ -537,7 +540,7 @@ def _execution(after: dict[str, Any], updated: HLC) -> Execution:
     if extra:
         raise InvalidMessage("extra_field", f"after has unknown {sorted(extra)}")
     activity = _text("activity", _required(after, "activity"))
-    if activity not in Activity._value2member_map_:
+    if activity not in _ACTIVITIES:
         raise InvalidMessage("unknown_activity", f"activity {activity!r}")
     fields = {
         "execution_id": _uuid("execution_id", _required(after, "execution_id")),
