@@ -88,9 +88,9 @@ def size_kafka(args: KustomizeAppsArgs) -> Transformation:
         manifest["spec"]["replicas"] = args.kafka_brokers
         for container in _containers(manifest):
             container["image"] = args.kafka_image
-            # The start-up script builds the voter list from KAFKA_BROKERS: it must equal the
-            # replica count, or the quorum would wait for pods that never come.
-            set_env(container, "KAFKA_BROKERS", str(args.kafka_brokers))
+            # The start-up script builds the voter list from CRDBLAB_KAFKA_BROKERS: it must equal
+            # the replica count, or the quorum would wait for pods that never come.
+            set_env(container, "CRDBLAB_KAFKA_BROKERS", str(args.kafka_brokers))
             set_env(container, "CLUSTER_ID", args.kafka_cluster_id)
             set_env(container, "KAFKA_NUM_PARTITIONS", str(args.partitions))
             rf = str(args.replication_factor)

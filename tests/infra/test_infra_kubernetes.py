@@ -111,7 +111,7 @@ def test_k8s9_sizes_the_apps_from_the_stack_config(k8s9):
     kafka = manifests(k8s9, "StatefulSet")["kafka"]
     assert kafka["spec"]["replicas"] == 5
     kafka_env = env(kafka)
-    assert kafka_env["KAFKA_BROKERS"] == "5"
+    assert kafka_env["CRDBLAB_KAFKA_BROKERS"] == "5"
     assert kafka_env["KAFKA_NUM_PARTITIONS"] == "36"
     assert kafka_env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
     assert kafka_env["CLUSTER_ID"] == kafka_cluster_id("crdblab/k8s-9")

@@ -155,7 +155,11 @@ def kafka_startup(docs: list[dict], hostname: str, brokers: int) -> dict[str, st
     script = script.replace("exec /etc/kafka/docker/run", "env")
     done = subprocess.run(
         ["/bin/sh", "-c", script],
-        env={"HOSTNAME": hostname, "KAFKA_BROKERS": str(brokers), "POD_NAMESPACE": "crdblab"},
+        env={
+            "HOSTNAME": hostname,
+            "CRDBLAB_KAFKA_BROKERS": str(brokers),
+            "POD_NAMESPACE": "crdblab",
+        },
         capture_output=True,
         text=True,
         check=True,
