@@ -10,6 +10,7 @@ Kubernetes provider would answer by running kustomize, is answered by a real kus
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import runpy
 import shutil
@@ -39,11 +40,30 @@ KUSTOMIZE_APT_HINT = (
 
 def kustomize_command() -> list[str] | None:
     """The command that renders a kustomization, or None if this machine has none."""
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
+    kustomize = shutil.which("kustomize")
+    if kustomize:
+        return [kustomize, "build"]
+    kubectl = shutil.which("kubectl")
+    if kubectl and _kubectl_kustomize_major(kubectl) >= 5:
+        return [kubectl, "kustomize"]
     return None
+
+
+def _kubectl_kustomize_major(kubectl: str) -> int:
+    """The major version of the kustomize built into kubectl; 0 if kubectl does not say (older
+    kubectl, whose kustomize v2/v3 does not know the `labels` and `patches` fields k8s/ uses)."""
+    done = subprocess.run(
+        [kubectl, "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    try:
+        version = json.loads(done.stdout).get("kustomizeVersion", "")
+        return int(version.lstrip("v").split(".")[0])
+    except ValueError:
+        return 0
 
 
 requires_kustomize = pytest.mark.skipif(kustomize_command() is None, reason=KUSTOMIZE_APT_HINT)
