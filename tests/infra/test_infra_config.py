@@ -275,3 +275,18 @@ def test_kafka_cluster_id_is_a_stable_kraft_uuid():
     assert first == again != other
     assert len(first) == 22
     assert len(base64.urlsafe_b64decode(first + "==")) == 16
+
+
+def test_dockerfile_builds_the_kit_image_from_an_allowlisted_context():
+    dockerfile = (REPO / "Dockerfile").read_text().splitlines()
+    instructions = [line for line in dockerfile if line and not line.startswith("#")]
+    assert instructions[0] == "FROM python:3.11-slim"
+    assert "RUN pip install -r requirements.txt" in instructions
+    assert instructions[-2] == 'ENTRYPOINT ["python", "-m", "workload"]'
+    allowed = [
+        line[1:].rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    assert sorted(allowed) == ["infra", "locustfiles", "requirements.txt", "workload"]
+    assert "*" in (REPO / ".dockerignore").read_text().splitlines()
