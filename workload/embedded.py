@@ -112,10 +112,23 @@ def _record_for(name: str, pid: int, **kw) -> ProcessRecord:
     return ProcessRecord(name=name, pid=pid, create_time=psutil.Process(pid).create_time(), **kw)
 
 
+# Popen objects of the processes this Python process started and that still run: kept so
+# that they are not garbage-collected while running, and reaped when stopped.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _reap(pid: int) -> None:
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
+
+
 def terminate(record: ProcessRecord, timeout: float = 10.0) -> bool:
     """SIGTERM, then SIGKILL after ``timeout``; True if a live process was stopped."""
     proc = record.process()
     if proc is None:
+        _reap(record.pid)
         return False
     with contextlib.suppress(psutil.Error):
         proc.terminate()
@@ -124,6 +137,7 @@ def terminate(record: ProcessRecord, timeout: float = 10.0) -> bool:
         except psutil.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    _reap(record.pid)
     return True
 
 
@@ -265,7 +279,8 @@ class PostgresServer:
             return None
         try:
             proc = psutil.Process(pid)
-            return pid if proc.name().startswith("postgres") else None
+            alive = proc.status() != psutil.STATUS_ZOMBIE
+            return pid if alive and proc.name().startswith("postgres") else None
         except psutil.Error:
             return None
 
@@ -279,7 +294,8 @@ class PostgresServer:
                  "--encoding=UTF8", "--locale=C", "--no-instructions"]
             )  # fmt: skip
             if result.returncode != 0:
-                raise LabError(f"initdb failed in {self.data}: {result.stderr.strip()[-400:]}")
+                raise LabError(f"initdb failed in {self.data}: {result.stderr.strip()[-3000:]}")
+        self._remove_stale_pid_file()
         last_error = ""
         for _attempt in range(3):
             port = free_port()
@@ -301,6 +317,15 @@ class PostgresServer:
             f"{tail(self.log, 8)}"
         )
 
+    def _remove_stale_pid_file(self) -> None:
+        """A postmaster killed hard leaves postmaster.pid behind; where nothing reaps orphans
+        (some containers) its pid even lingers as a zombie, which PostgreSQL's own check takes
+        for a live server. A pid file whose process is dead or a zombie is stale: remove it."""
+        pid_file = self.data / "postmaster.pid"
+        if pid_file.exists() and self.postmaster_pid() is None:
+            _progress(f"postgres: removing stale {pid_file} (its server is not running)")
+            pid_file.unlink()
+
     def adopt(self) -> ProcessRecord | None:
         """A record for a server that runs on our data directory but that stack.json lost."""
         pid = self.postmaster_pid()
@@ -316,7 +341,6 @@ class PostgresServer:
                 f"a PostgreSQL server (pid {pid}) runs on {self.data} but does not answer; "
                 "stop it with `python -m workload down` and retry"
             )
-        _progress(f"postgres: found a running server (pid {pid}) on port {port}; reusing it")
         url = f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/{LAB_DATABASE}"
         return _record_for(self.name, pid, port=port, url=url, log=str(self.log))
 
@@ -390,13 +414,14 @@ class KafkaBroker:
                 proc = subprocess.Popen(
                     [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True,
+                    start_new_session=True, cwd=self.home,
                 )  # fmt: skip
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     break
                 if port_is_open(port):
+                    _CHILDREN[proc.pid] = proc
                     return _record_for(
                         self.name, proc.pid, port=port, url=f"127.0.0.1:{port}", log=str(self.log)
                     )
@@ -408,7 +433,23 @@ class KafkaBroker:
         raise LabError(f"the Kafka broker did not start; its log {self.log} ends with:\n{last}")
 
     def adopt(self) -> ProcessRecord | None:
-        return None  # a broker without its record is unknown to us; never guess by port
+        """A broker that runs from our directory (its cwd) but that stack.json lost."""
+        home = str(self.home.resolve())
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                cmdline = proc.info["cmdline"] or []
+                if "--listener-url" not in cmdline or proc.cwd() != home:
+                    continue
+                url = cmdline[cmdline.index("--listener-url") + 1]
+                port = int(url.rsplit(":", 1)[1])
+            except (psutil.Error, ValueError, IndexError):
+                continue
+            if not port_is_open(port):
+                continue
+            return _record_for(
+                self.name, proc.pid, port=port, url=f"127.0.0.1:{port}", log=str(self.log)
+            )
+        return None
 
     def stop(self, record: ProcessRecord | None) -> bool:
         return terminate(record) if record is not None else False
@@ -423,6 +464,7 @@ class StackInfo:
     dsn: str
     kafka_bootstrap: str
     started: list[str]  # names of what this call started (the rest was reused)
+    run_dir: Path
 
 
 @dataclass
@@ -478,7 +520,12 @@ class EmbeddedStack:
                             + ("; topics are created again" if server.name == "kafka" else "")
                         )
                     adopted = server.adopt()
-                    if adopted is None:
+                    if adopted is not None:
+                        _progress(
+                            f"{server.name}: found a running process (pid {adopted.pid}) on "
+                            f"port {adopted.port} that the state file did not list; reusing it"
+                        )
+                    else:
                         _progress(f"starting {server.name} ...")
                         adopted = server.start()
                         self._started.append(server.name)
@@ -492,6 +539,7 @@ class EmbeddedStack:
                 dsn=records["postgres"].url,
                 kafka_bootstrap=records["kafka"].url,
                 started=list(self._started),
+                run_dir=self.run_dir,
             )
 
     def find(self) -> StackInfo | None:
@@ -500,7 +548,7 @@ class EmbeddedStack:
         pg, kafka = records.get("postgres"), records.get("kafka")
         if pg is None or kafka is None or not (pg.is_running() and kafka.is_running()):
             return None
-        return StackInfo(dsn=pg.url, kafka_bootstrap=kafka.url, started=[])
+        return StackInfo(dsn=pg.url, kafka_bootstrap=kafka.url, started=[], run_dir=self.run_dir)
 
     def status(self) -> list[ServiceStatus]:
         records = self.state.load()
@@ -536,6 +584,11 @@ class EmbeddedStack:
         """Stop every process of the stack, its helpers first; returns what was stopped."""
         with self._locked():
             records = self.state.load()
+            if "kafka" not in records:
+                orphan = self.kafka.adopt()  # a broker whose record was lost still stops
+                if orphan is not None:
+                    records["kafka"] = orphan
+                    self.state.save(records)
             names = [n for n in records if n not in ("postgres", "kafka")] + ["kafka", "postgres"]
             return self._stop_names(names)
 
