@@ -11,6 +11,8 @@ from workload.dialect import detect
 from workload.embedded import EmbeddedStack
 from workload.settings import Settings, redact_url
 
+ORDER = 90
+
 
 def register(commands, common) -> None:
     parser = commands.add_parser(

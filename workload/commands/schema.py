@@ -8,6 +8,8 @@ from workload.dialect import detect
 from workload.endpoints import resolve
 from workload.settings import Settings
 
+ORDER = 20
+
 
 def register(commands, common) -> None:
     parser = commands.add_parser(

@@ -43,6 +43,9 @@ def scale_from(args, settings: Settings) -> seeding.Scale:
     return seeding.scale_for(settings.scale, **overrides)
 
 
+ORDER = 30
+
+
 def register(commands, common) -> None:
     parser = commands.add_parser(
         "seed",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from workload.embedded import EmbeddedStack
 from workload.settings import Settings, redact_url
 
+ORDER = 10
+
 
 def register(commands, common) -> None:
     up = commands.add_parser(
