@@ -499,6 +499,11 @@ def seed(
 
         copy_rows(conn, target, chunks, batch_bytes=batch_bytes, on_chunk=counted)
         rows[target.table] = total
+    # Fresh statistics, so the first rebalance is planned for the data just written rather
+    # than for empty tables (autovacuum would get there, but later).
+    for name in ("securities", "prices", "model_weights", "accounts", "positions"):
+        domain, table = TARGETS[name].table.split(".")
+        conn.execute(sql.SQL("ANALYZE {}.{}").format(sql.Identifier(domain), sql.Identifier(table)))
     return SeedReport(scale, seed_value, rows, time.perf_counter() - started)
 
 

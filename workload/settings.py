@@ -195,3 +195,20 @@ def redact_url(url: str) -> str:
     """A URL fit for logs and results: any password replaced by ``***``."""
     url = re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
     return re.sub(r"((?:^|[?&\s])(?:ssl)?password=)[^&\s]*", r"\1***", url, flags=re.IGNORECASE)
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``5m``, ``1h30m`` or ``250ms`` (an argparse type)."""
+    import argparse
+
+    value = str(text).strip().lower()
+    matches = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", value)
+    if not value or "".join(n + u for n, u in matches) != value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 5m, 1h)")
+    seconds = sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in matches)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
+    return seconds

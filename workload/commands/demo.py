@@ -5,11 +5,17 @@ from __future__ import annotations
 import time
 
 from workload import schema
+from workload.commands.rebalance import default_workers
+from workload.commands.rebalance import print_report as print_rebalance
 from workload.commands.seed import add_scale_knobs, print_report, scale_from, seed_database
+from workload.commands.trade import print_report as print_trade
 from workload.db import connect
 from workload.dialect import detect
 from workload.embedded import EmbeddedStack
+from workload.progress import TableProgress
+from workload.rebalance import RebalanceOptions, rebalance
 from workload.settings import Settings, redact_url
+from workload.trade import TradeOptions, run_bulk
 
 ORDER = 90
 
@@ -20,8 +26,9 @@ def register(commands, common) -> None:
         parents=[common["connection"], common["data"]],
         help="run the whole flow on the embedded default and print a summary",
         description="Start the embedded stack (unless --dsn is given), create a fresh schema, "
-        "seed at the chosen scale (default medium) and summarise what was created. Stops what "
-        "it started unless --keep.",
+        "seed at the chosen scale (default medium), rebalance on the last seeded day, trade "
+        "every block order, and summarise what was created. Stops what it started unless "
+        "--keep.",
     )
     add_scale_knobs(parser)
     parser.add_argument(
@@ -55,7 +62,11 @@ def _flow(dsn: str, scale, settings: Settings, started: float) -> int:
         f"{dialect.server_name}" + (" (previous demo data dropped)" if dropped else "")
     )
     print("-- seed")
-    report = seed_database(dsn, scale, settings.seed)
-    print_report(report)
+    print_report(seed_database(dsn, scale, settings.seed))
+    print("-- rebalance (phase i): drift at the open -> customer and block orders")
+    print_rebalance(rebalance(dsn, RebalanceOptions(workers=default_workers())))
+    print("-- trade: executions against the block orders (execute, bust, replace)")
+    with connect(dsn) as conn, TableProgress(unit="shares") as progress:
+        print_trade(run_bulk(conn, TradeOptions(seed=settings.seed), progress=progress))
     print(f"== demo finished in {time.perf_counter() - started:.1f} s")
     return 0
