@@ -237,15 +237,26 @@ TABLES: tuple[Table, ...] = (
         (
             "execution_id UUID NOT NULL",
             "block_order_id UUID NOT NULL",
+            "seq INT8 NOT NULL",
             "activity TEXT NOT NULL",
             "quantity INT8 NOT NULL",
             "price NUMERIC(18,4)",
             "ref_execution_id UUID",
+            "order_type TEXT",
+            "destination TEXT",
             "executed_at TIMESTAMPTZ NOT NULL",
-            "allocated_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+            # pending: stored, waiting for the executions before it (seq order) to arrive;
+            # applied: part of the block's fill state; rejected: dead-lettered with a reason.
+            "status TEXT NOT NULL DEFAULT 'pending'",
+            "reason TEXT",
+            "busted_by UUID",
+            "received_at TIMESTAMPTZ NOT NULL DEFAULT now()",
         ),
         ("execution_id",),
-        indexes=(Index("fills_block_idx", ("block_order_id",)),),
+        constraints=(
+            "CONSTRAINT fills_status CHECK (status IN ('pending', 'applied', 'rejected'))",
+        ),
+        indexes=(Index("fills_block_seq_idx", ("block_order_id", "seq")),),
     ),
     Table(
         "allocations",
@@ -253,9 +264,16 @@ TABLES: tuple[Table, ...] = (
         (
             "block_order_id UUID NOT NULL",
             "order_quantity INT8 NOT NULL",
+            "order_type TEXT",
+            "destination TEXT",
             "filled_quantity INT8 NOT NULL",
             "notional NUMERIC(24,4) NOT NULL",
             "avg_price NUMERIC(18,6)",
+            # every fill with seq <= applied_seq is applied or rejected: the state is the
+            # contiguous prefix of the block's executions, whatever order they arrived in
+            "applied_seq INT8 NOT NULL",
+            "executions_applied INT8 NOT NULL",
+            "since_snapshot INT8 NOT NULL",
             "snapshot_seq INT8 NOT NULL",
             "status TEXT NOT NULL",
             "updated_at TIMESTAMPTZ NOT NULL DEFAULT now()",
@@ -264,6 +282,7 @@ TABLES: tuple[Table, ...] = (
         constraints=(
             "CONSTRAINT block_fills_bounds CHECK "
             "(filled_quantity >= 0 AND filled_quantity <= order_quantity)",
+            "CONSTRAINT block_fills_status CHECK (status IN ('open', 'complete'))",
         ),
     ),
     Table(
