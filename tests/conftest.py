@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -23,13 +25,35 @@ REPO = Path(__file__).resolve().parent.parent
 _db_numbers = itertools.count(1)
 
 
+def _server_dir() -> Path:
+    """A directory for servers' files outside pytest's own temporary root.
+
+    As root, PostgreSQL runs as an unprivileged user that must traverse every ancestor of
+    its data directory. pytest makes its root (/tmp/pytest-of-<user>) private again at the
+    start of every session, so a second test session started meanwhile would cut a running
+    server off from its files.
+    """
+    return Path(tempfile.mkdtemp(prefix="lab-test-"))
+
+
+@pytest.fixture
+def stack_dir():
+    """A run directory for a test that starts its own stack; removed afterwards."""
+    path = _server_dir()
+    yield path / ".lab"
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def lab_stack(tmp_path_factory) -> StackInfo:
+def lab_stack() -> StackInfo:
     """The embedded stack, started once for the session and stopped at its end."""
-    run_dir = tmp_path_factory.mktemp("lab") / ".lab"
-    stack = EmbeddedStack(run_dir)
-    with stack as info:
-        yield info
+    path = _server_dir()
+    stack = EmbeddedStack(path / ".lab")
+    try:
+        with stack as info:
+            yield info
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _admin_url(dsn: str) -> str:

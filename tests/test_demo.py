@@ -8,8 +8,8 @@ from tests.test_embedded import processes_under
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_demo_prints_its_summary_and_stops_what_it_started(tmp_path):
-    run_dir = tmp_path / ".lab"
+def test_demo_prints_its_summary_and_stops_what_it_started(stack_dir):
+    run_dir = stack_dir
     result = run_cli("demo", "--scale", "small", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -18,8 +18,8 @@ def test_demo_prints_its_summary_and_stops_what_it_started(tmp_path):
     assert processes_under(run_dir) == []
 
 
-def test_demo_keep_leaves_the_stack_up(tmp_path):
-    run_dir = tmp_path / ".lab"
+def test_demo_keep_leaves_the_stack_up(stack_dir):
+    run_dir = stack_dir
     try:
         result = run_cli("demo", "--scale", "small", "--keep", "--run-dir", str(run_dir))
         assert result.returncode == 0, result.stderr

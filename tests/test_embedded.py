@@ -42,8 +42,8 @@ def wait_gone(pid: int, timeout: float = 10) -> None:
     raise AssertionError(f"pid {pid} still running")
 
 
-def test_up_status_down_via_the_cli_leaves_no_process(tmp_path):
-    run_dir = tmp_path / ".lab"
+def test_up_status_down_via_the_cli_leaves_no_process(stack_dir):
+    run_dir = stack_dir
     up = run_cli("up", "--run-dir", str(run_dir))
     assert up.returncode == 0, up.stderr
     assert "database URL     postgresql://postgres@127.0.0.1:" in up.stdout
@@ -72,8 +72,8 @@ def test_up_status_down_via_the_cli_leaves_no_process(tmp_path):
     assert run_cli("down", "--run-dir", str(run_dir)).stdout.startswith("nothing was running")
 
 
-def test_crashed_servers_are_reported_and_restarted_on_a_new_port(tmp_path):
-    run_dir = tmp_path / ".lab"
+def test_crashed_servers_are_reported_and_restarted_on_a_new_port(stack_dir):
+    run_dir = stack_dir
     stack = EmbeddedStack(run_dir)
     first = stack.up()
     try:
@@ -114,8 +114,8 @@ def test_crashed_servers_are_reported_and_restarted_on_a_new_port(tmp_path):
     assert processes_under(run_dir) == []
 
 
-def test_a_lost_state_file_is_recovered_by_adopting_the_running_servers(tmp_path):
-    run_dir = tmp_path / ".lab"
+def test_a_lost_state_file_is_recovered_by_adopting_the_running_servers(stack_dir):
+    run_dir = stack_dir
     first = EmbeddedStack(run_dir).up()
     try:
         (run_dir / "stack.json").unlink()
@@ -129,8 +129,8 @@ def test_a_lost_state_file_is_recovered_by_adopting_the_running_servers(tmp_path
     assert processes_under(run_dir) == []
 
 
-def test_a_stale_state_file_with_reused_pids_is_not_trusted(tmp_path):
-    run_dir = tmp_path / ".lab"
+def test_a_stale_state_file_with_reused_pids_is_not_trusted(stack_dir):
+    run_dir = stack_dir
     run_dir.mkdir()
     # pid 1 is alive but is not our server: the recorded start time gives it away.
     fake = {"name": "kafka", "pid": 1, "create_time": 12345.0, "port": 1, "url": "x", "log": None}
@@ -146,8 +146,8 @@ def test_a_stale_state_file_with_reused_pids_is_not_trusted(tmp_path):
     assert psutil.pid_exists(1)
 
 
-def test_the_context_manager_stops_only_what_it_started(tmp_path):
-    run_dir = tmp_path / ".lab"
+def test_the_context_manager_stops_only_what_it_started(stack_dir):
+    run_dir = stack_dir
     outer = EmbeddedStack(run_dir)
     outer.up()
     try:
@@ -162,14 +162,14 @@ def test_the_context_manager_stops_only_what_it_started(tmp_path):
     assert processes_under(run_dir) == []
 
 
-def test_ctrl_c_during_a_command_stops_what_it_started(tmp_path):
+def test_ctrl_c_during_a_command_stops_what_it_started(stack_dir):
     """SIGINT to `demo` half-way through: the stack it started is stopped, exit code 130."""
     import subprocess
     import sys
 
     from tests.conftest import REPO
 
-    run_dir = tmp_path / ".lab"
+    run_dir = stack_dir
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.Popen(
