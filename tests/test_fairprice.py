@@ -17,6 +17,7 @@ from workload.envelope import Execution
 from workload.fairprice import (
     PRICE_PLACES,
     BlockFill,
+    FillRejected,
     InvalidBust,
     InvalidExecution,
     InvalidReplace,
@@ -457,3 +458,43 @@ BlockOrderMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=25, deadline=None
 )
 test_block_order_machine = BlockOrderMachine.TestCase
+
+
+# --- applying a run at once ----------------------------------------------------------------
+
+
+@st.composite
+def execution_runs(draw: st.DrawFn) -> list[Execution]:
+    """Valid and invalid executions mixed: overfills, busts of nothing, repeats, replaces."""
+    events: list[Execution] = []
+    for n in range(1, draw(st.integers(1, 40)) + 1):
+        kind = draw(st.sampled_from(["execute", "execute", "execute", "bust", "replace", "again"]))
+        if kind == "execute":
+            events.append(execute(n, draw(st.integers(1, 60)), f"{draw(st.integers(1, 999))}.25"))
+        elif kind == "bust":
+            events.append(bust(n, draw(st.integers(1, n))))
+        elif kind == "replace":
+            events.append(amend(n, draw(st.integers(0, 400))))
+        elif events:
+            events.append(draw(st.sampled_from(events)))  # a redelivery
+    return events
+
+
+@FAST
+@given(run=execution_runs())
+def test_apply_all_equals_applying_one_by_one(run: list[Execution]) -> None:
+    start = BlockFill.open(BLOCK, {"a": 100, "b": 150, "c": 50})
+    folded, applied, rejected = start, [], []
+    for e in run:
+        try:
+            result = folded.apply(e)
+        except FillRejected as exc:
+            rejected.append((e.execution_id, type(exc)))
+            continue
+        if not result.duplicate:
+            applied.append(e.execution_id)
+        folded = result.fill
+    at_once, applied_at_once, rejected_at_once = start.apply_all(run)
+    assert at_once == folded
+    assert [e.execution_id for e in applied_at_once] == applied
+    assert [(e.execution_id, type(exc)) for e, exc in rejected_at_once] == rejected

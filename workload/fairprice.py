@@ -36,7 +36,7 @@ is what makes at-least-once delivery from a changefeed safe.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
@@ -309,89 +309,43 @@ class BlockFill:
         ``duplicate=True``. A rejected execution leaves nothing behind, so the caller can
         dead-letter it and carry on with this state.
         """
+        if execution.execution_id in self.applied:
+            self._check_block(execution)
+            return ApplyResult(self, duplicate=True)
+        work = _Work.of(self)
+        work.apply(execution)
+        return ApplyResult(work.freeze(self), duplicate=False)
+
+    def apply_all(
+        self, executions: Iterable[ExecutionLike]
+    ) -> tuple[BlockFill, list[ExecutionLike], list[tuple[ExecutionLike, FillRejected]]]:
+        """Apply executions in order, as repeated :meth:`apply` would, in one working copy.
+
+        Returns the final state, the executions applied (duplicates left out) and the
+        rejected ones with their reason. Folding :meth:`apply` copies the state per
+        execution, which makes a block order of n executions cost n^2; this costs n.
+        """
+        work = _Work.of(self)
+        applied: list[ExecutionLike] = []
+        rejected: list[tuple[ExecutionLike, FillRejected]] = []
+        for execution in executions:
+            if execution.execution_id in work.applied:
+                self._check_block(execution)
+                continue
+            try:
+                work.apply(execution)
+            except FillRejected as exc:
+                rejected.append((execution, exc))
+                continue
+            applied.append(execution)
+        return work.freeze(self), applied, rejected
+
+    def _check_block(self, execution: ExecutionLike) -> None:
         if execution.block_order_id != self.block_order_id:
             raise WrongBlockOrder(
                 f"execution {execution.execution_id} is for block order "
                 f"{execution.block_order_id}, not {self.block_order_id}"
             )
-        if execution.execution_id in self.applied:
-            return ApplyResult(self, duplicate=True)
-        if execution.activity == "execute":
-            state = self._execute(execution)
-        elif execution.activity == "bust":
-            state = self._bust(execution)
-        elif execution.activity == "replace":
-            state = self._replace(execution)
-        else:
-            raise InvalidExecution(f"unknown activity {execution.activity!r}")
-        state = replace(
-            state,
-            applied=self.applied | {execution.execution_id},
-            last_seq=max(self.last_seq, execution.seq),
-        )
-        return ApplyResult(state, duplicate=False)
-
-    def _execute(self, execution: ExecutionLike) -> BlockFill:
-        quantity = execution.quantity
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-            raise InvalidExecution(f"execute quantity must be a positive int: {quantity!r}")
-        if execution.price is None:
-            raise InvalidExecution(f"execute {execution.execution_id} has no price")
-        try:
-            units = price_units(execution.price)
-        except ValueError as exc:
-            raise InvalidExecution(str(exc)) from None
-        if self.filled + quantity > self.order_quantity:
-            raise Overfill(
-                f"execute {execution.execution_id} of {quantity} on {self.filled} filled "
-                f"exceeds the order quantity {self.order_quantity}"
-            )
-        fills = dict(self.fills)
-        fills[execution.execution_id] = (quantity, units)
-        return replace(
-            self,
-            filled=self.filled + quantity,
-            notional_units=self.notional_units + quantity * units,
-            fills=_frozen(fills),
-        )
-
-    def _bust(self, execution: ExecutionLike) -> BlockFill:
-        ref = execution.ref_execution_id
-        if ref is None:
-            raise InvalidBust(f"bust {execution.execution_id} names no execution")
-        if ref in self.busted:
-            raise InvalidBust(f"bust {execution.execution_id}: {ref} is already busted")
-        if ref not in self.fills:
-            raise InvalidBust(f"bust {execution.execution_id}: no execute {ref} in this order")
-        quantity, units = self.fills[ref]
-        fills = dict(self.fills)
-        del fills[ref]
-        return replace(
-            self,
-            filled=self.filled - quantity,
-            notional_units=self.notional_units - quantity * units,
-            fills=_frozen(fills),
-            busted=self.busted | {ref},
-        )
-
-    def _replace(self, execution: ExecutionLike) -> BlockFill:
-        quantity = execution.quantity
-        if isinstance(quantity, bool) or not isinstance(quantity, int):
-            raise InvalidExecution(f"replace quantity must be an int: {quantity!r}")
-        if quantity < self.filled or quantity > self.ordered_total:
-            raise InvalidReplace(
-                f"replace {execution.execution_id} to {quantity} outside "
-                f"[{self.filled} filled, {self.ordered_total} ordered]"
-            )
-        # NULL order type or destination on a replace means "unchanged".
-        return replace(
-            self,
-            order_quantity=quantity,
-            order_type=self.order_type if execution.order_type is None else execution.order_type,
-            destination=(
-                self.destination if execution.destination is None else execution.destination
-            ),
-        )
 
     def snapshot(self, seq: int | None = None) -> Snapshot:
         """The cumulative allocation now, tagged ``seq`` (default: the highest seq applied).
@@ -410,6 +364,121 @@ class BlockFill:
             allocations=allocate_pro_rata(self.ordered, self.filled),
             complete=self.complete,
         )
+
+
+@dataclass
+class _Work:
+    """A mutable copy of a :class:`BlockFill`'s changing parts, for applying executions.
+
+    Every check happens before any change, so a rejected execution leaves it as it was.
+    """
+
+    block_order_id: Hashable
+    ordered_total: int
+    order_quantity: int
+    order_type: str | None
+    destination: str | None
+    filled: int
+    notional_units: int
+    last_seq: int
+    fills: dict[Hashable, tuple[int, int]]
+    applied: set[Hashable]
+    busted: set[Hashable]
+
+    @classmethod
+    def of(cls, state: BlockFill) -> _Work:
+        return cls(
+            block_order_id=state.block_order_id,
+            ordered_total=state.ordered_total,
+            order_quantity=state.order_quantity,
+            order_type=state.order_type,
+            destination=state.destination,
+            filled=state.filled,
+            notional_units=state.notional_units,
+            last_seq=state.last_seq,
+            fills=dict(state.fills),
+            applied=set(state.applied),
+            busted=set(state.busted),
+        )
+
+    def freeze(self, state: BlockFill) -> BlockFill:
+        return replace(
+            state,
+            order_quantity=self.order_quantity,
+            order_type=self.order_type,
+            destination=self.destination,
+            filled=self.filled,
+            notional_units=self.notional_units,
+            last_seq=self.last_seq,
+            fills=_frozen(self.fills),
+            applied=frozenset(self.applied),
+            busted=frozenset(self.busted),
+        )
+
+    def apply(self, execution: ExecutionLike) -> None:
+        if execution.block_order_id != self.block_order_id:
+            raise WrongBlockOrder(
+                f"execution {execution.execution_id} is for block order "
+                f"{execution.block_order_id}, not {self.block_order_id}"
+            )
+        if execution.activity == "execute":
+            self._execute(execution)
+        elif execution.activity == "bust":
+            self._bust(execution)
+        elif execution.activity == "replace":
+            self._replace(execution)
+        else:
+            raise InvalidExecution(f"unknown activity {execution.activity!r}")
+        self.applied.add(execution.execution_id)
+        self.last_seq = max(self.last_seq, execution.seq)
+
+    def _execute(self, execution: ExecutionLike) -> None:
+        quantity = execution.quantity
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
+            raise InvalidExecution(f"execute quantity must be a positive int: {quantity!r}")
+        if execution.price is None:
+            raise InvalidExecution(f"execute {execution.execution_id} has no price")
+        try:
+            units = price_units(execution.price)
+        except ValueError as exc:
+            raise InvalidExecution(str(exc)) from None
+        if self.filled + quantity > self.order_quantity:
+            raise Overfill(
+                f"execute {execution.execution_id} of {quantity} on {self.filled} filled "
+                f"exceeds the order quantity {self.order_quantity}"
+            )
+        self.fills[execution.execution_id] = (quantity, units)
+        self.filled += quantity
+        self.notional_units += quantity * units
+
+    def _bust(self, execution: ExecutionLike) -> None:
+        ref = execution.ref_execution_id
+        if ref is None:
+            raise InvalidBust(f"bust {execution.execution_id} names no execution")
+        if ref in self.busted:
+            raise InvalidBust(f"bust {execution.execution_id}: {ref} is already busted")
+        if ref not in self.fills:
+            raise InvalidBust(f"bust {execution.execution_id}: no execute {ref} in this order")
+        quantity, units = self.fills.pop(ref)
+        self.filled -= quantity
+        self.notional_units -= quantity * units
+        self.busted.add(ref)
+
+    def _replace(self, execution: ExecutionLike) -> None:
+        quantity = execution.quantity
+        if isinstance(quantity, bool) or not isinstance(quantity, int):
+            raise InvalidExecution(f"replace quantity must be an int: {quantity!r}")
+        if quantity < self.filled or quantity > self.ordered_total:
+            raise InvalidReplace(
+                f"replace {execution.execution_id} to {quantity} outside "
+                f"[{self.filled} filled, {self.ordered_total} ordered]"
+            )
+        # NULL order type or destination on a replace means "unchanged".
+        self.order_quantity = quantity
+        if execution.order_type is not None:
+            self.order_type = execution.order_type
+        if execution.destination is not None:
+            self.destination = execution.destination
 
 
 __all__ = [
