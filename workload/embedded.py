@@ -124,6 +124,12 @@ def _reap(pid: int) -> None:
             child.wait(timeout=5)
 
 
+def keep_child(proc: subprocess.Popen) -> None:
+    """Keep a background process this process started (the CDC relay), so that stopping it
+    with :func:`terminate` also reaps it instead of leaving a zombie."""
+    _CHILDREN[proc.pid] = proc
+
+
 def terminate(record: ProcessRecord, timeout: float = 10.0) -> bool:
     """SIGTERM, then SIGKILL after ``timeout``; True if a live process was stopped."""
     proc = record.process()
