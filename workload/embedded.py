@@ -582,9 +582,25 @@ class EmbeddedStack:
         with self._locked():
             self.state.update(record)
 
-    def unregister_process(self, name: str) -> None:
+    def unregister_process(self, name: str, *, unless_busy: bool = False) -> bool:
+        """Remove a process's record; with ``unless_busy``, give up (False) rather than wait
+        if another command holds the stack: a process that ``down`` is stopping must not wait
+        for ``down``, which removes the record itself."""
+        if unless_busy:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "stack.lock", "w") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                try:
+                    self.state.remove(name)
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+            return True
         with self._locked():
             self.state.remove(name)
+        return True
 
     def down(self) -> list[str]:
         """Stop every process of the stack, its helpers first; returns what was stopped."""
