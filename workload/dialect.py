@@ -16,8 +16,11 @@ Retry Error Reference" (SQLSTATE 40001), "Licensing FAQs" (``enterprise.license`
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
@@ -170,3 +173,154 @@ def detect(conn: psycopg.Connection) -> Dialect:
     version = row[0] if row else ""
     kind = COCKROACHDB if "CockroachDB" in version else POSTGRESQL
     return Dialect(kind=kind, version=version)
+
+
+# ============================================================================================
+# Changefeeds (CockroachDB only): the CDC source on CRDB
+# ============================================================================================
+# What CRDB's docs say, and what its source enforces (cockroachdb/cockroach,
+# pkg/ccl/changefeedccl/changefeedbase/options.go):
+# * "CREATE CHANGEFEED": ``key_column`` overrides the message key (and so the partition: the
+#   Kafka sink hashes the key with 32-bit FNV-1a) and "you must also include the unordered
+#   option"; ``unordered`` and ``resolved`` are incompatible ("resolved timestamps cannot be
+#   guaranteed to be correct in unordered mode"). Keying by block order is what the consumer
+#   depends on, so the changefeed here sends no resolved messages; its progress is the job's
+#   high-water mark (``SHOW CHANGEFEED JOBS``). The PostgreSQL relay does send them.
+# * "Changefeed Sinks": ``kafka://host:port[,host:port]?topic_name=...``, query values
+#   percent-encoded; ``kafka_sink_config`` is JSON: ``{"Flush": {"Messages": n, "Frequency":
+#   "100ms", "MaxMessages": n}, "RequiredAcks": "ALL"}``, where Messages > 1 needs a Frequency.
+# * ``initial_scan = 'no'``: only changes from now on, like the relay's new slot; executions
+#   written before ``cdc start`` are not published on either server.
+# * ``SET CLUSTER SETTING kv.rangefeed.enabled = true`` must precede CREATE CHANGEFEED.
+
+CHANGEFEED_TABLE = ("trades", "executions")
+CHANGEFEED_KEY_COLUMN = "block_order_id"
+_REQUIRED_ACKS = ("NONE", "ONE", "ALL")
+_ACTIVE_JOB_STATES = ("running", "pending", "paused", "pause-requested", "retry-running")
+
+
+@dataclass(frozen=True)
+class KafkaSinkConfig:
+    """The ``kafka_sink_config`` option: how the changefeed batches and what counts as sent."""
+
+    flush_messages: int = 1000  # batch up to this many messages ...
+    flush_frequency: str = "100ms"  # ... or for this long, whichever comes first
+    max_messages: int | None = None  # per broker request (CRDB's default: 1000)
+    required_acks: str = "ALL"  # the relay's producer is idempotent, which implies ALL
+
+    def __post_init__(self) -> None:
+        if self.required_acks not in _REQUIRED_ACKS:
+            raise ValueError(f"RequiredAcks must be one of {', '.join(_REQUIRED_ACKS)}")
+        if self.flush_messages < 0 or (self.max_messages is not None and self.max_messages < 1):
+            raise ValueError("flush message counts must be positive")
+        if self.flush_messages > 1 and not self.flush_frequency:
+            raise ValueError("a flush message count above 1 needs a flush frequency")
+
+    def as_json(self) -> str:
+        flush: dict = {"Messages": self.flush_messages}
+        if self.flush_frequency:
+            flush["Frequency"] = self.flush_frequency
+        if self.max_messages is not None:
+            flush["MaxMessages"] = self.max_messages
+        return json.dumps({"Flush": flush, "RequiredAcks": self.required_acks})
+
+
+@dataclass(frozen=True)
+class ChangefeedSpec:
+    """Everything CREATE CHANGEFEED needs; ``sink_bootstrap`` is the brokers as CRDB's nodes
+    reach them (on Docker, the in-network addresses, not the host's)."""
+
+    sink_bootstrap: str
+    topic: str
+    table: tuple[str, str] = CHANGEFEED_TABLE
+    key_column: str | None = CHANGEFEED_KEY_COLUMN  # None: the primary key, ordered
+    resolved: str | None = None  # only without key_column (see above)
+    initial_scan: str = "no"
+    min_checkpoint_frequency: str | None = None
+    sink: KafkaSinkConfig = KafkaSinkConfig()
+
+    def __post_init__(self) -> None:
+        if self.key_column is not None and self.resolved is not None:
+            raise ValueError(
+                "CockroachDB rejects resolved with key_column: key_column requires unordered, "
+                "and resolved timestamps are not supported in unordered mode"
+            )
+        if self.initial_scan not in ("yes", "no", "only"):
+            raise ValueError(f"initial_scan must be yes, no or only, not {self.initial_scan!r}")
+
+
+def kafka_sink_uri(bootstrap: str, topic: str, params: dict[str, str] | None = None) -> str:
+    """The ``kafka://`` sink URI for a comma-separated bootstrap list, with the topic (and any
+    other query parameter) percent-encoded so that no character can change the URI's shape."""
+    servers = [server.strip() for server in bootstrap.split(",") if server.strip()]
+    if not servers:
+        raise ValueError("a Kafka sink needs at least one broker")
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or re.search(r"[\s/?#@]", host):
+            raise ValueError(f"{server!r} is not a broker address (host:port)")
+    query = urlencode({"topic_name": topic, **(params or {})}, quote_via=quote, safe="")
+    return f"kafka://{','.join(servers)}?{query}"
+
+
+def _require_crdb(dialect: Dialect, what: str) -> None:
+    if not dialect.is_cockroachdb:
+        raise ValueError(f"{what} is CockroachDB's; PostgreSQL publishes through the CDC relay")
+
+
+def enable_rangefeeds(dialect: Dialect) -> sql.SQL:
+    _require_crdb(dialect, "a changefeed")
+    return sql.SQL("SET CLUSTER SETTING kv.rangefeed.enabled = true")
+
+
+def create_changefeed(dialect: Dialect, spec: ChangefeedSpec) -> sql.Composed:
+    """CREATE CHANGEFEED for ``spec.table`` into the Kafka topic, in the JSON envelope the
+    consumer reads (``workload.envelope``); returns one row, the job id."""
+    _require_crdb(dialect, "a changefeed")
+    options = [
+        sql.SQL("format = 'json'"),
+        sql.SQL("envelope = 'wrapped'"),
+        sql.SQL("updated"),
+        sql.SQL("initial_scan = {}").format(sql.Literal(spec.initial_scan)),
+        sql.SQL("kafka_sink_config = {}").format(sql.Literal(spec.sink.as_json())),
+    ]
+    if spec.key_column is not None:
+        options += [
+            sql.SQL("key_column = {}").format(sql.Literal(spec.key_column)),
+            sql.SQL("unordered"),
+        ]
+    if spec.resolved is not None:
+        options.append(sql.SQL("resolved = {}").format(sql.Literal(spec.resolved)))
+    if spec.min_checkpoint_frequency is not None:
+        options.append(
+            sql.SQL("min_checkpoint_frequency = {}").format(
+                sql.Literal(spec.min_checkpoint_frequency)
+            )
+        )
+    return sql.SQL("CREATE CHANGEFEED FOR TABLE {} INTO {} WITH {}").format(
+        sql.Identifier(*spec.table),
+        sql.Literal(kafka_sink_uri(spec.sink_bootstrap, spec.topic)),
+        sql.SQL(", ").join(options),
+    )
+
+
+def changefeed_jobs(dialect: Dialect, table: tuple[str, str] = CHANGEFEED_TABLE) -> sql.Composed:
+    """The changefeed jobs on ``table``, newest first: job_id, status, running_status,
+    high_water_timestamp (an HLC decimal), error, sink_uri, topics, description."""
+    _require_crdb(dialect, "SHOW CHANGEFEED JOBS")
+    database, name = table
+    return sql.SQL(
+        "SELECT job_id, status, running_status, high_water_timestamp, error, sink_uri, topics, "
+        "description FROM [SHOW CHANGEFEED JOBS] WHERE {} = ANY(full_table_names) "
+        "ORDER BY created DESC"
+    ).format(sql.Literal(f"{database}.public.{name}"))
+
+
+def is_active_job_status(status: str) -> bool:
+    """Whether a changefeed job in this status still publishes (or may again, once resumed)."""
+    return status in _ACTIVE_JOB_STATES
+
+
+def cancel_job(dialect: Dialect, job_id: int) -> sql.Composed:
+    _require_crdb(dialect, "CANCEL JOB")
+    return sql.SQL("CANCEL JOB {}").format(sql.Literal(int(job_id)))
