@@ -324,6 +324,116 @@ TABLES: tuple[Table, ...] = (
         ("block_order_id",),
         indexes=(Index("oms_outbox_created_idx", ("created_at",), time_ordered=True),),
     ),
+    # -- booking (phase iii): the OMS books the outbox into holdings, settles to the back office
+    # In the allocations domain rather than holdings: every row here is keyed by a block order
+    # and an account exactly as account_allocations is, verify compares them row for row, and
+    # a domain is a database on CockroachDB, so they stay together. No foreign key points at
+    # the allocation tables, so those can still be truncated on their own. See workload.booking.
+    Table(
+        "allocations",
+        "block_bookings",
+        (
+            "block_order_id UUID NOT NULL",
+            "request_id UUID",  # NULL only if the block order itself is gone
+            "snapshot_seq INT8 NOT NULL",
+            # booked: every final allocation is booked or dead-lettered; waiting: some buys
+            # wait for their request's sells to bring the cash, retried at retry_at
+            "status TEXT NOT NULL",
+            "attempts INT8 NOT NULL",
+            "booked INT8 NOT NULL",
+            "dead_letters INT8 NOT NULL",
+            "waiting INT8 NOT NULL",
+            "retry_at TIMESTAMPTZ",
+            "updated_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("block_order_id",),
+        constraints=("CONSTRAINT block_bookings_status CHECK (status IN ('booked', 'waiting'))",),
+        indexes=(
+            Index("block_bookings_due_idx", ("status", "retry_at")),
+            Index("block_bookings_request_idx", ("request_id", "status")),
+        ),
+    ),
+    Table(
+        "allocations",
+        "bookings",
+        (
+            "block_order_id UUID NOT NULL",
+            "account_id UUID NOT NULL",
+            # the account's n-th booking: orders the before/after chain verify walks
+            "account_seq INT8 NOT NULL",
+            "snapshot_seq INT8 NOT NULL",
+            "security_id UUID NOT NULL",
+            "side TEXT NOT NULL",
+            "quantity INT8 NOT NULL",
+            "price NUMERIC(18,6) NOT NULL",
+            "amount NUMERIC(24,6) NOT NULL",  # quantity x price, exact
+            "cash_amount NUMERIC(22,4) NOT NULL",  # amount rounded half-even to 4 places
+            "fee NUMERIC(20,4) NOT NULL",
+            "cash_before NUMERIC(20,4) NOT NULL",
+            "cash_after NUMERIC(20,4) NOT NULL",
+            "position_before INT8 NOT NULL",
+            "position_after INT8 NOT NULL",
+            "booked_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("block_order_id", "account_id"),
+        constraints=(
+            "CONSTRAINT bookings_side CHECK (side IN ('buy', 'sell'))",
+            "CONSTRAINT bookings_quantity CHECK (quantity > 0 AND fee >= 0)",
+        ),
+        # Unique: two bookings of one account that read the same balance would both claim
+        # the same place in its chain, and the second would fail instead of losing an update.
+        indexes=(Index("bookings_account_seq_key", ("account_id", "account_seq"), unique=True),),
+    ),
+    Table(
+        "allocations",
+        "settlements",
+        (
+            "settlement_id UUID NOT NULL",
+            "block_order_id UUID NOT NULL",
+            "account_id UUID NOT NULL",
+            "security_id UUID NOT NULL",
+            "side TEXT NOT NULL",
+            "quantity INT8 NOT NULL",
+            "price NUMERIC(18,6) NOT NULL",
+            "gross_amount NUMERIC(24,6) NOT NULL",
+            "cash_amount NUMERIC(22,4) NOT NULL",
+            "fee NUMERIC(20,4) NOT NULL",
+            "net_amount NUMERIC(22,4) NOT NULL",  # the account's cash change, signed
+            "trade_date DATE NOT NULL",
+            "settle_date DATE NOT NULL",
+            "created_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+            # NULL until the broker acknowledged the instruction: the relay's to-do list
+            "published_at TIMESTAMPTZ",
+        ),
+        ("settlement_id",),
+        constraints=(
+            "CONSTRAINT settlements_booking_fk FOREIGN KEY (block_order_id, account_id) "
+            "REFERENCES allocations.bookings (block_order_id, account_id)",
+        ),
+        # One settlement per booking needs no index of its own: the id is derived from the
+        # booking's key (workload.booking.settlement.settlement_id).
+        indexes=(
+            Index("settlements_unpublished_idx", ("published_at", "created_at"), time_ordered=True),
+        ),
+    ),
+    Table(
+        "allocations",
+        "booking_dead_letters",
+        (
+            "block_order_id UUID NOT NULL",
+            "account_id UUID NOT NULL",
+            "snapshot_seq INT8 NOT NULL",
+            "security_id UUID",
+            "side TEXT",
+            "quantity INT8 NOT NULL",
+            "price NUMERIC(18,6)",
+            "reason TEXT NOT NULL",
+            "detail TEXT NOT NULL",
+            "created_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+        ),
+        ("block_order_id", "account_id"),
+    ),
+    # -- end of booking ---------------------------------------------------------------------------
 )
 
 
