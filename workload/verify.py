@@ -160,7 +160,7 @@ CHECKS: list[Check] = [
 ]
 
 # Modules that add checks of their own phase when imported.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("workload.booking.checks",)
 
 
 def all_checks() -> list[Check]:
