@@ -66,8 +66,10 @@ class BookingOptions:
     def validate(self) -> BookingOptions:
         if self.batch_size < 1 or self.workers < 1 or self.publish_batch < 1:
             raise LabError("--batch-size and --workers must be at least 1")
-        if self.poll_interval <= 0 or self.hold_seconds <= 0:
+        if self.poll_interval <= 0:
             raise LabError("--poll-interval must be positive")
+        if self.hold_seconds <= 0:
+            raise LabError("hold_seconds must be positive")
         if self.until_idle is not None and self.until_idle <= 0:
             raise LabError("--until-idle must be positive")
         try:
@@ -195,8 +197,8 @@ def run_booking(
     dialect = server_dialect(dsn)
     stop = stop or threading.Event()
     fees = Fees(options.fee_rate, options.fee_per_share)
-    pool = open_pool(dsn, size=options.workers + 1, name="booking")
     relay = SettlementRelay(bootstrap, options.settlement_topic, batch_size=options.publish_batch)
+    pool = open_pool(dsn, size=options.workers + 1, name="booking")
     report = BookingReport(options=options)
     progress = _Progress()
     started = time.monotonic()
