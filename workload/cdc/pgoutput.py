@@ -1,7 +1,8 @@
 """Parse the binary messages of PostgreSQL's built-in ``pgoutput`` logical decoding plugin.
 
-The relay reads them through ``pg_logical_slot_peek_binary_changes(slot, ..., 'proto_version',
-'1', 'publication_names', ...)``: one ``bytea`` row per message. The layout is PostgreSQL's
+The relay reads them through ``pg_logical_slot_get_binary_changes(slot, ..., 'proto_version',
+'1', 'publication_names', ...)`` (on a copy of its slot; the ``peek`` variant returns the same
+rows): one ``bytea`` row per message. The layout is PostgreSQL's
 "Logical Replication Message Formats" (protocol chapter), version 1: big-endian integers,
 NUL-terminated strings, LSNs as Int64, timestamps as Int64 microseconds since 2000-01-01 UTC.
 

@@ -6,12 +6,14 @@ replication protocol) and produces each one to Kafka in CockroachDB's JSON chang
 keyed by block order, on the partition a CRDB changefeed would pick. Nothing reads the table.
 
 Nothing is lost, by one rule: the slot advances only past transactions whose every message
-Kafka has acknowledged. Each batch is peeked (not consumed) from the slot, produced, flushed
-until every delivery report is in, and only then ``pg_replication_slot_advance``-d to the end
-of its last transaction. A crash at any point leaves the slot where it was, so the next run
-reads the unacknowledged transactions again: Kafka may then hold a change twice (the
-consumer deduplicates by execution id), never zero times. The producer is idempotent, so its
-own retries add no duplicates; re-reading after a crash or a broker outage does.
+Kafka has acknowledged. Batches of whole transactions are read (a batch ahead, from a
+temporary copy of the slot: :mod:`workload.cdc.reader`), produced, flushed until every
+delivery report is in, and only then is the slot ``pg_replication_slot_advance``-d to the
+end of the batch's last transaction. A crash at any point leaves the slot where it was, so
+the next run reads the unacknowledged transactions again: Kafka may then hold a change twice
+(the consumer deduplicates by execution id), never zero times. The producer is idempotent,
+so its own retries add no duplicates; reading again after a crash, a broker outage or a lost
+database connection does.
 
 ``updated`` is the transaction's commit timestamp as an HLC (``<ns>.0000000000``), raised
 where needed so that it strictly increases from one transaction to the next within a run
@@ -46,6 +48,7 @@ from psycopg import errors
 from workload import topics
 from workload.cdc import pgoutput
 from workload.cdc.encoding import Partitioner, RowEncoder, UnrepresentableChange
+from workload.cdc.reader import TRANSIENT_ERRORS, SlotGone, SlotReader
 from workload.cdc.slot import SlotSpec, check_server
 from workload.envelope import HLC, encode_resolved
 from workload.errors import LabError
@@ -57,16 +60,6 @@ log = logging.getLogger("workload.cdc.relay")
 KEY_COLUMNS = ("block_order_id",)
 LOGICAL_ZERO = b".0000000000"
 
-# One statement, run per batch: where the WAL ends now (everything that committed before it
-# is decodable) and the server's clock (the clock commit timestamps come from).
-_WAL_POSITION = (
-    "SELECT pg_current_wal_flush_lsn()::text, "
-    "(extract(epoch FROM clock_timestamp()) * 1000000)::int8"
-)
-_PEEK = (
-    "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
-    "'proto_version', '1', 'publication_names', %s)"
-)
 _ADVANCE = "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)"
 
 
@@ -74,8 +67,8 @@ _ADVANCE = "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)"
 class RelayOptions:
     """How the relay batches, paces and reports; the defaults suit the embedded stack."""
 
-    batch_changes: int = 20_000  # rows per peek (whole transactions: a batch may run over)
-    idle_poll: float = 0.02  # seconds between peeks when the slot had nothing new
+    batch_changes: int = 20_000  # messages per read (whole transactions: a batch may run over)
+    idle_poll: float = 0.02  # seconds between reads when the slot had nothing new
     resolved_interval: float = 1.0  # seconds between resolved messages; 0 sends none
     status_interval: float = 1.0  # seconds between writes of the status file
     ack_timeout: float = 30.0  # seconds Kafka may take to acknowledge before it counts as down
@@ -188,6 +181,7 @@ class Relay:
         self._database_url = database_url
         self._kafka_bootstrap = kafka_bootstrap
         self._conn: psycopg.Connection | None = None
+        self._reader: SlotReader | None = None
         self._producer: Producer | None = None
         self._partition: Partitioner | None = None
         self._encoders: dict[int, RowEncoder] = {}
@@ -224,22 +218,25 @@ class Relay:
 
     # -- connections ----------------------------------------------------------------------
 
+    def _open(self, url: str, role: str = "") -> psycopg.Connection:
+        return psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=5,
+            application_name="crdblab-cdc-relay" + role,
+            # pgoutput writes values with the session's output settings; the encoder expects
+            # UTC timestamps in ISO form.
+            options="-c TimeZone=UTC -c DateStyle=ISO,MDY -c statement_timeout=0",
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+        )
+
     def _connect_database(self) -> None:
         url = self._database_url()
         try:
-            conn = psycopg.connect(
-                url,
-                autocommit=True,
-                connect_timeout=5,
-                application_name="crdblab-cdc-relay",
-                # pgoutput writes values with the session's output settings; the encoder
-                # expects UTC timestamps in ISO form.
-                options="-c TimeZone=UTC -c DateStyle=ISO,MDY -c statement_timeout=0",
-                keepalives=1,
-                keepalives_idle=5,
-                keepalives_interval=2,
-                keepalives_count=3,
-            )
+            conn = self._open(url)
         except psycopg.OperationalError as exc:
             raise DatabaseDown(f"cannot connect to {redact_url(url)}: {_first_line(exc)}") from None
         try:
@@ -254,19 +251,28 @@ class Relay:
                     # Our previous session may still be on its way out, holding the lock.
                     raise DatabaseDown(message)
                 raise LabError(message)
-            exists = conn.execute(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
-                (self.config.slot.slot,),
-            ).fetchone()
-            if not exists:
-                raise LabError(
-                    f"replication slot {self.config.slot.slot!r} does not exist; create it with "
-                    "`python -m workload cdc start`"
-                )
+            reader = SlotReader(
+                lambda: self._open(url, "-reader"),
+                slot=self.config.slot.slot,
+                publication=self.config.slot.publication,
+                limit=self.options.batch_changes,
+                idle_poll=self.options.idle_poll,
+            )
+            reader.start()
+        except SlotGone:
+            conn.close()
+            raise LabError(
+                f"replication slot {self.config.slot.slot!r} does not exist; create it with "
+                "`python -m workload cdc start`"
+            ) from None
+        except TRANSIENT_ERRORS as exc:
+            conn.close()
+            raise DatabaseDown(_first_line(exc)) from None
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+        self._reader = reader
         self._connected_before = True
 
     def _connect_kafka(self) -> None:
@@ -311,6 +317,9 @@ class Relay:
             self._last_kafka_error = text
 
     def _close_database(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
@@ -349,12 +358,10 @@ class Relay:
                     if self.state != "running":
                         log.info("reconnected; relaying again")
                         self._set_state("running")
-                    rows = self._relay_batch(stop)
+                    self._relay_batch(stop)
                     self._maybe_send_resolved(stop)
                     self._maybe_write_status()
                     backoff.reset()
-                    if rows == 0:
-                        stop.wait(self.options.idle_poll)
                 except DatabaseDown as exc:
                     self._close_database()
                     self._outage("database", str(exc), backoff, stop)
@@ -375,50 +382,55 @@ class Relay:
         stop.wait(delay)
 
     def _relay_batch(self, stop: threading.Event) -> int:
-        """Relay one batch; the number of messages read from the slot."""
-        conn = self._conn
-        assert conn is not None and self._producer is not None
-        limit = self.options.batch_changes
+        """Relay the next batch the reader has ready; the number of messages in it."""
+        conn, reader = self._conn, self._reader
+        assert conn is not None and reader is not None and self._producer is not None
         floor_before = self._floor
         try:
-            wal_end, server_micros = conn.execute(_WAL_POSITION).fetchone()
-            rows, last_end = self._produce_batch(conn, wal_end, limit)
-        except errors.UndefinedObject as exc:
-            raise LabError(f"the relay's slot is gone: {_first_line(exc)}") from None
-        except (psycopg.OperationalError, psycopg.InterfaceError, errors.ObjectInUse) as exc:
-            self._floor = floor_before  # the batch is read again; give it the same timestamps
+            batch = reader.next(timeout=0.2)
+        except SlotGone as exc:
+            raise LabError(f"the relay's slot is gone: {exc}") from None
+        except TRANSIENT_ERRORS as exc:
             raise DatabaseDown(_first_line(exc)) from None
+        if batch is None:
+            return 0
+        rows = len(batch.messages)
+        try:
+            last_end = self._produce_batch(batch.messages)
+            if rows:
+                self._await_acks(stop)
         except BrokerDown:
+            # What was read ahead is read again from the slot, with the same timestamps.
             self._floor = floor_before
-            self._close_database()  # it may be mid-way through the peek's result stream
+            self._close_database()
             raise
-        drained = rows < limit  # everything committed before wal_end has been read
-        # A batch that stopped short of the limit decoded everything committed before wal_end,
-        # so the slot can skip to there even past WAL of tables it does not publish.
-        target = max(last_end or 0, pgoutput.parse_lsn(wal_end) if drained else 0)
-        if rows:
-            self._await_acks(stop)
+        # A complete batch holds everything committed before wal_end, so the slot can skip
+        # to there, past WAL of tables it does not publish.
+        target = max(last_end or 0, batch.wal_end if batch.complete else 0)
         if target and (self.confirmed_lsn is None or target > self.confirmed_lsn):
             try:
                 conn.execute(_ADVANCE, (self.config.slot.slot, pgoutput.lsn_text(target)))
-            except (psycopg.OperationalError, psycopg.InterfaceError, errors.ObjectInUse) as exc:
+                if rows:
+                    self._log_running_transactions(conn)
+            except errors.UndefinedObject as exc:
+                raise LabError(f"the relay's slot is gone: {_first_line(exc)}") from None
+            except TRANSIENT_ERRORS as exc:
                 self._floor = floor_before
                 raise DatabaseDown(_first_line(exc)) from None
             self.confirmed_lsn = target
-            self._log_running_transactions(conn)
         with self._metrics_lock:
             self.changes_published += self._acked
             self._acked = 0
         self.batches += 1 if rows else 0
-        self._caught_up_at = server_micros * 1000 if drained else None
+        self._caught_up_at = batch.server_time_ns if batch.complete else None
         return rows
 
     def _log_running_transactions(self, conn: psycopg.Connection) -> None:
         """Let the slot's restart point follow it closely.
 
-        Every peek and advance decodes the WAL from the slot's restart_lsn, which moves only
+        Every read and advance decodes the WAL from the slot's restart_lsn, which moves only
         when decoding meets a record of the running transactions; the server writes one every
-        15 s, so without this each peek re-reads up to 15 s of WAL, and peeks grow slower the
+        15 s, so without this each read decodes up to 15 s of WAL again, growing slower the
         faster the table is written. ``pg_log_standby_snapshot()`` (PostgreSQL 16+, superuser
         or granted) writes such a record now.
         """
@@ -430,14 +442,14 @@ class Relay:
             self._log_snapshots = False
             log.info(
                 "cannot call pg_log_standby_snapshot() (%s); the slot's restart point will "
-                "move only every 15 s, which slows peeks at high write rates",
+                "move only every 15 s, which slows reading at high write rates",
                 _first_line(exc),
             )
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise DatabaseDown(_first_line(exc)) from None
 
-    def _produce_batch(self, conn: psycopg.Connection, wal_end: str, limit: int):
-        """Stream one peek into the producer; (rows read, end LSN of the last transaction)."""
+    def _produce_batch(self, messages: list[bytes]) -> int | None:
+        """Produce every change of the batch; the end LSN of its last transaction."""
         producer = self._producer
         produce = producer.produce
         topic = self.config.topics.name
@@ -447,59 +459,55 @@ class Relay:
         insert, update, begin, commit = (
             pgoutput.Insert, pgoutput.Update, pgoutput.Begin, pgoutput.Commit
         )  # fmt: skip
-        rows = 0
         last_end = None
         updated = b""
         transaction: _Transaction | None = None
         self._delivery_failures = 0
-        query = (self.config.slot.slot, wal_end, limit, self._publication)
-        with conn.cursor(binary=True) as cursor:
-            for (data,) in cursor.stream(_PEEK, query, size=2000):
-                rows += 1
-                message = parse(data)
-                kind = type(message)
-                if kind is insert or kind is update:
-                    encoder = encoders.get(message.relation_id)
-                    if encoder is None:
-                        self._skip("unknown_relation")
-                        continue
+        for rows, data in enumerate(messages, 1):
+            message = parse(data)
+            kind = type(message)
+            if kind is insert or kind is update:
+                encoder = encoders.get(message.relation_id)
+                if encoder is None:
+                    self._skip("unknown_relation")
+                    continue
+                try:
+                    key, value = encoder.encode(message.new, updated)
+                except UnrepresentableChange as exc:
+                    self._skip("unrepresentable")
+                    log.warning("skipping a change: %s", exc)
+                    continue
+                while True:
                     try:
-                        key, value = encoder.encode(message.new, updated)
-                    except UnrepresentableChange as exc:
-                        self._skip("unrepresentable")
-                        log.warning("skipping a change: %s", exc)
-                        continue
-                    while True:
-                        try:
-                            produce(
-                                topic, value, key, partition=partition_of(key),
-                                on_delivery=transaction.delivered,
-                            )  # fmt: skip
-                            break
-                        except BufferError:
-                            producer.poll(0.05)  # the local queue is full: let acks drain it
-                        except KafkaException as exc:
-                            raise BrokerDown(exc.args[0].str()) from None
-                elif kind is begin:
-                    commit_ns = pgoutput.pg_time_to_unix_micros(message.commit_time) * 1000
-                    self._floor = max(commit_ns, self._floor + 1)
-                    updated = str(self._floor).encode() + LOGICAL_ZERO
-                    transaction = _Transaction(self, commit_ns / 1e9)
-                elif kind is commit:
-                    last_end = message.end_lsn
-                    self.transactions += 1
-                elif kind is pgoutput.Relation:
-                    try:
-                        encoders[message.relation_id] = RowEncoder(message, self.config.key_columns)
-                    except UnrepresentableChange as exc:
-                        raise LabError(f"cannot relay {message.qualified}: {exc}") from None
-                elif kind is pgoutput.Delete or kind is pgoutput.Truncate:
-                    self._skip(kind.__name__.lower())  # not published; see workload.cdc.slot
-                # Origin, Type and logical messages say nothing the topic carries.
-                if rows % 5000 == 0:
-                    producer.poll(0)
+                        produce(
+                            topic, value, key, partition=partition_of(key),
+                            on_delivery=transaction.delivered,
+                        )  # fmt: skip
+                        break
+                    except BufferError:
+                        producer.poll(0.05)  # the local queue is full: let acks drain it
+                    except KafkaException as exc:
+                        raise BrokerDown(exc.args[0].str()) from None
+            elif kind is begin:
+                commit_ns = pgoutput.pg_time_to_unix_micros(message.commit_time) * 1000
+                self._floor = max(commit_ns, self._floor + 1)
+                updated = str(self._floor).encode() + LOGICAL_ZERO
+                transaction = _Transaction(self, commit_ns / 1e9)
+            elif kind is commit:
+                last_end = message.end_lsn
+                self.transactions += 1
+            elif kind is pgoutput.Relation:
+                try:
+                    encoders[message.relation_id] = RowEncoder(message, self.config.key_columns)
+                except UnrepresentableChange as exc:
+                    raise LabError(f"cannot relay {message.qualified}: {exc}") from None
+            elif kind is pgoutput.Delete or kind is pgoutput.Truncate:
+                self._skip(kind.__name__.lower())  # not published; see workload.cdc.slot
+            # Origin, Type and logical messages say nothing the topic carries.
+            if rows % 5000 == 0:
+                producer.poll(0)
         producer.poll(0)
-        return rows, last_end
+        return last_end
 
     def _await_acks(self, stop: threading.Event) -> None:
         """Wait until Kafka acknowledged (or failed) every message produced so far."""
@@ -532,8 +540,8 @@ class Relay:
         if not interval or time.monotonic() - self._last_resolved_at < interval:
             return
         # Everything produced so far is acknowledged and behind the slot. If the slot was
-        # drained, nothing that committed before the server time of that peek can still come,
-        # except a commit racing the peek: its "updated" is raised above this anyway.
+        # drained, nothing that committed before the server time of that read can still come,
+        # except a commit racing the read: its "updated" is raised above this anyway.
         resolved = max(self._floor, self._caught_up_at or 0)
         if resolved <= self._resolved:
             self._last_resolved_at = time.monotonic()
