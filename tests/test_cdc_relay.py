@@ -238,6 +238,13 @@ def test_the_relay_killed_mid_stream_loses_nothing(cdc_target):
 
         restarted = cdc.start(endpoints, settings, options)
         assert restarted["relay_started"] and restarted["relay_pid"] != pid
+        again = cdc.start(endpoints, settings, options)  # idempotent
+        assert not again["relay_started"] and again["relay_pid"] == restarted["relay_pid"]
+        elsewhere = dataclasses.replace(
+            options, topics=dataclasses.replace(options.topics, name=options.topics.name + "-b")
+        )
+        with pytest.raises(LabError, match=r"a relay already runs .* stop it first"):
+            cdc.start(endpoints, settings, elsewhere)
         wanted = {e.execution_id for e in executions}
         with topic_reader(cdc_target) as reader:
             reader.read_until(

@@ -76,6 +76,10 @@ def start(endpoints: Endpoints, settings: Settings, options: CdcOptions | None =
 
     Creates the topic and its dead-letter topic, then on CockroachDB the changefeed, on
     PostgreSQL the publication, the slot and the background relay (or finds them running).
+    Returns ``source`` ("cockroachdb" | "postgresql") and ``topics`` (TopicState of the topic
+    and its dead-letter topic); CRDB adds ``job_id`` and ``created``; PostgreSQL adds
+    ``created`` ({"publication": bool, "slot": bool}), ``relay_pid``, ``relay_started``, ``log``
+    and ``unpublished_existing_rows`` (the table held rows before the slot existed).
     """
     options = options or CdcOptions()
     bootstrap = _bootstrap(endpoints)
@@ -89,6 +93,16 @@ def start(endpoints: Endpoints, settings: Settings, options: CdcOptions | None =
         created = slots.setup(conn, options.slot)
         had_rows = created["slot"] and slots.has_rows(conn, options.slot)
     record = process.running_relay(settings.run_dir)
+    if record is not None:
+        running = relay_metrics(settings.run_dir) or {}
+        wanted = {"slot": options.slot.slot, "topic": options.topics.name}
+        if running.get("pid") == record.pid and any(
+            running.get(name) != value for name, value in wanted.items()
+        ):
+            raise LabError(
+                f"a relay already runs (pid {record.pid}) from slot {running.get('slot')} to "
+                f"topic {running.get('topic')}; stop it first (`python -m workload cdc stop`)"
+            )
     started = record is None
     if started:
         env = {
@@ -135,9 +149,14 @@ def _topic_messages(bootstrap: str, topic: str, timeout: float) -> dict:
 def status(endpoints: Endpoints, settings: Settings, options: CdcOptions | None = None) -> dict:
     """Where CDC stands: the job or the relay, what it published, and its lag.
 
-    ``messages_published`` and ``lag_ms`` (commit to Kafka acknowledgement, percentiles in
-    ms) come from the relay; a changefeed reports its high-water mark and how far it trails
-    the clock (``high_water_lag_s``) instead. ``topic`` counts what the topic holds.
+    Always: ``source``, ``topic`` ({"name", "partitions", "messages"}: what the broker holds,
+    resolved messages and duplicates included), ``messages_published`` and ``lag_ms``.
+    PostgreSQL: ``messages_published`` and ``lag_ms`` (commit to Kafka acknowledgement: count,
+    mean_ms, max_ms, p50_ms, p90_ms, p95_ms, p99_ms, p99_9_ms, over the relay process's life)
+    come from the relay, with ``relay`` ({"state": running|stopped|crashed, "pid", "log"}),
+    ``slot`` (position, WAL held back) and ``metrics`` (all of :func:`relay_metrics`).
+    CockroachDB: those two are None; ``job`` (the active changefeed), ``jobs``,
+    ``high_water`` (HLC) and ``high_water_lag_s`` (how far the high-water mark trails now).
     """
     options = options or CdcOptions()
     bootstrap = _bootstrap(endpoints)
@@ -187,7 +206,8 @@ def stop(
 ) -> dict:
     """Stop publishing: cancel the changefeed, or stop the relay (cleanly: it finishes its
     batch and advances the slot). The slot stays, holding changes for the next start, unless
-    ``drop_slot``, which also drops the publication."""
+    ``drop_slot``, which also drops the publication. Returns ``source``, then ``cancelled``
+    (job ids) on CRDB, or ``relay_stopped`` and ``dropped`` on PostgreSQL."""
     options = options or CdcOptions()
     report: dict = {}
     if endpoints.embedded or process.relay_record(settings.run_dir) is not None:
