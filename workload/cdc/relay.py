@@ -116,7 +116,7 @@ class _Backoff:
 
     def next(self) -> float:
         delay = min(self.cap, 0.1 * (2**self.attempt))
-        self.attempt += 1
+        self.attempt = min(self.attempt + 1, 16)  # the cap is reached long before
         return delay * random.uniform(0.5, 1.0)
 
     def reset(self) -> None:
@@ -343,9 +343,11 @@ class Relay:
         try:
             self._connect_database()
             self._connect_kafka()
-        except (DatabaseDown, BrokerDown) as exc:
+        except BaseException as exc:
             self._close_database()
-            raise LabError(str(exc)) from None
+            if isinstance(exc, DatabaseDown | BrokerDown):
+                raise LabError(str(exc)) from None
+            raise
         backoff = _Backoff(self.options.max_backoff)
         self._set_state("running")
         try:
