@@ -143,6 +143,10 @@ def add_options(parser, **_kwargs) -> None:
         help="quit once the consumers drained the topic and allocated nothing for this many "
         "seconds (0: off); for headless runs and benchmarks",
     )  # fmt: skip
+    parser.add_argument(
+        "--skip-verify", action="store_true", env_var="LAB_SKIP_VERIFY",
+        help="do not check the invariants when the test stops (the record says skipped)",
+    )  # fmt: skip
 
 
 # -- the process ------------------------------------------------------------------------------
@@ -431,11 +435,13 @@ class Lab:
             return
         # Consumers report their lag while they run; by now they have left the group.
         tally.lag = {"group": self.last_consumer_lag} if self.last_consumer_lag is not None else {}
-        record = loadtest.build_record(self.target, tally, shape, self.cdc)
+        record = loadtest.build_record(self.target, tally, shape, self.cdc,
+                                       verify=self.options.verify)  # fmt: skip
         path = records.write_record(record, self.options.results_dir)
         log.info(
-            "run record %s: %s executions allocated, %s/s",
+            "run record %s: %s executions allocated, %s/s, verify %s",
             path, record.results.executions_allocated, record.results.executions_per_s,
+            record.results.verify,
         )  # fmt: skip
 
     def _shape(self, peak: Counter, tally: Tally) -> loadtest.RunShape | None:

@@ -5,11 +5,21 @@ import threading
 import time
 import uuid
 
+import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.allocation_fixtures import executions, new_topic, publish, traded_dsn
+from tests.allocation_fixtures import (
+    executions,
+    new_topic,
+    publish,
+    reset_allocations,
+    traded_dsn,
+)
 from workload import records
+from workload.allocate.store import AllocationStore
+from workload.db import run_transaction
+from workload.dialect import detect
 from workload.errors import LabError
 from workload.loadtest import (
     CONSUMER_SLOTS,
@@ -26,6 +36,7 @@ from workload.loadtest import (
     cdc_lag_text,
     partition_count,
     resolve_target,
+    verify_outcome,
 )
 
 __all__ = ["traded_dsn"]
@@ -242,3 +253,21 @@ def test_a_load_test_record_is_valid_and_measured_like_allocate(seeded_dsn, tmp_
     assert back.results.txn_latency_ms["count"] == 10
     assert back.data.accounts == 200 and back.data.scale is None  # not named: not claimed
     assert back.duration_s == 12.5
+    assert back.results.verify == "passed"  # nothing traded yet: nothing inconsistent
+
+
+@pytest.mark.integration
+def test_verify_tells_a_stop_mid_flight_from_an_inconsistency(traded_dsn):
+    reset_allocations(traded_dsn)
+    with psycopg.connect(traded_dsn, autocommit=True) as conn:
+        outcome, note = verify_outcome(conn)
+        assert outcome == "skipped" and "execution_has_one_fill" in note
+        store = AllocationStore(detect(conn))
+        run_transaction(conn, lambda c: store.apply(c, executions(traded_dsn)))
+        assert verify_outcome(conn) == ("passed", "")
+        conn.execute(
+            "UPDATE orders.block_orders SET quantity = quantity + 1 WHERE block_order_id = "
+            "(SELECT block_order_id FROM orders.block_orders ORDER BY 1 LIMIT 1)"
+        )
+        outcome, note = verify_outcome(conn)
+    assert outcome == "failed" and "customer_orders_sum_to_block" in note

@@ -91,7 +91,7 @@ def test_consumer_users_over_two_processes_allocate_everything_once(lab_stack, t
     results, stats = tmp_path / "results", tmp_path / "stats"
     code = run_locust(
         "allocation.py",
-        "--headless", "-u", "4", "-r", "4", "--run-time", "60s", "--until-idle", "1",
+        "--headless", "-u", "4", "-r", "4", "--run-time", "60s", "--until-idle", "4",
         "--processes", "2",
         "--dsn", traded_dsn, "--bootstrap", lab_stack.kafka_bootstrap,
         "--topic", topic, "--group", f"g-{uuid.uuid4().hex[:8]}",
@@ -114,11 +114,12 @@ def test_consumer_users_over_two_processes_allocate_everything_once(lab_stack, t
     assert record["results"]["executions_per_s"] > 0
     assert record["results"]["e2e_latency_ms"]["count"] == len(items)  # every worker's final
     assert record["results"]["errors"] == 0
+    assert record["results"]["verify"] == "passed"  # drained: the report may name it best
     assert failed_checks(traded_dsn) == []
 
     report = run_cli("report", "--results", str(results), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
-    assert record["topology"]["name"] in report.stdout
+    assert f"best on {record['topology']['name']}: micro-batch" in report.stdout
     assert (tmp_path / "report" / "throughput.png").stat().st_size > 0
     assert (tmp_path / "report" / "latency.png").stat().st_size > 0
 
@@ -142,9 +143,9 @@ def test_transaction_users_run_the_domain_transactions(traded_dsn, tmp_path):
     assert record["knobs"]["users"] == 4
     assert record["topology"]["name"] == "test-pg"
     assert record["results"]["executions_allocated"] > 0
-    # What stopping a user mid-transaction must not leave behind: half-done allocations or
-    # orders (no execution is lost either; the unallocated ones simply wait).
-    assert failed_checks(traded_dsn) == ["execution_has_one_fill"] or not failed_checks(traded_dsn)
+    # Stopping users mid-transaction leaves nothing half-done: only executions still waiting.
+    assert set(failed_checks(traded_dsn)) <= {"execution_has_one_fill"}
+    assert record["results"]["verify"] in ("passed", "skipped")
 
     report = run_cli("report", "--results", str(results), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr

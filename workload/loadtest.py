@@ -53,6 +53,7 @@ from workload.records import (
 )
 from workload.settings import KNOBS_BY_NAME, STACK_OUTPUTS_ENV, Settings, load_settings
 from workload.topics import DEFAULT_TOPIC
+from workload.verify import run_checks
 
 log = logging.getLogger("workload.loadtest")
 
@@ -83,6 +84,7 @@ class LoadOptions:
     market_shards: int = 8
     pool_size: int = 20  # connections for the users that run in greenlets, per process
     until_idle: float = 0.0  # seconds; 0: run until stopped
+    verify: bool = True  # check the invariants when the test stops, for the run record
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> LoadOptions:
@@ -94,10 +96,13 @@ class LoadOptions:
             for k, v in values.items()
             if k in known
         }
+        if "skip_verify" in values:
+            given["verify"] = not values["skip_verify"]
         defaults = cls()
         for name in ("strategy", "topic", "group", "results_dir"):
             if given.get(name) is None:
                 given[name] = getattr(defaults, name)
+        given["results_dir"] = Path(given["results_dir"])
         options = cls(**given)
         return options.validate()
 
@@ -355,7 +360,6 @@ class Tally:
     retries: dict[str, Any] = field(default_factory=empty_retries)
     dead_letters: int = 0
     duplicates: int = 0
-    peak_users: Counter = field(default_factory=Counter)
 
     @property
     def total_allocated(self) -> int:
@@ -401,10 +405,6 @@ class Tally:
         by_state.update(retries.get("by_sqlstate", {}))
         self.retries["by_sqlstate"] = dict(by_state)
 
-    def note_users(self, counts: Mapping[str, int]) -> None:
-        for name, count in counts.items():
-            self.peak_users[name] = max(self.peak_users[name], count)
-
     def to_wire(self) -> dict:
         return {
             "transactions": self.transactions,
@@ -419,7 +419,6 @@ class Tally:
             "retries": self.retries,
             "dead_letters": self.dead_letters,
             "duplicates": self.duplicates,
-            "peak_users": dict(self.peak_users),
         }
 
     @classmethod
@@ -437,7 +436,6 @@ class Tally:
             retries=dict(wire["retries"]),
             dead_letters=wire["dead_letters"],
             duplicates=wire["duplicates"],
-            peak_users=Counter(wire["peak_users"]),
         )
 
     @classmethod
@@ -459,9 +457,6 @@ class Tally:
             total.add_retries(part.retries)
             total.dead_letters += part.dead_letters
             total.duplicates += part.duplicates
-            for name, count in part.peak_users.items():
-                # Users of one class on several workers run at once: their peaks add up.
-                total.peak_users[name] += count
         return total
 
 
@@ -504,12 +499,6 @@ class SlotLedger:
         held = self._held.get(kind, {})
         if held.get(slot) == holder:
             del held[slot]
-
-    def release_holder_prefix(self, prefix: str) -> None:
-        """Free every slot of a process that went away (holders start with its id)."""
-        for held in self._held.values():
-            for slot in [s for s, h in held.items() if h.startswith(prefix)]:
-                del held[slot]
 
     def held(self, kind: str) -> int:
         return len(self._held.get(kind, {}))
@@ -653,14 +642,39 @@ class RunShape:
     notes: str = ""
 
 
-def build_record(target: Target, tally: Tally, shape: RunShape, cdc: dict | None) -> RunRecord:
+# Checks that a run stopped before it allocated everything fails without being wrong: they ask
+# that nothing is lost or left waiting, which only a drained pipeline can answer.
+COMPLETENESS_CHECKS = frozenset(
+    {"execution_has_one_fill", "no_fill_left_pending", "outbox_booked", "settlement_published"}
+)
+
+
+def verify_outcome(conn: psycopg.Connection) -> tuple[str, str]:
+    """``verify`` for a load test: passed when every check passes; skipped when only
+    completeness checks fail (the test stopped mid-flight); failed when anything else does,
+    since no stop makes an allocation inconsistent. Returns (outcome, note)."""
+    failed = sorted(r.check.name for r in run_checks(conn) if not r.passed)
+    if not failed:
+        return "passed", ""
+    if set(failed) <= COMPLETENESS_CHECKS:
+        return "skipped", "stopped before every execution was allocated: " + ", ".join(failed)
+    return "failed", "verify failed: " + ", ".join(failed)
+
+
+def build_record(target: Target, tally: Tally, shape: RunShape, cdc: dict | None,
+                 *, verify: bool = True) -> RunRecord:  # fmt: skip
     """The run record of a load test (source ``locust``), measured like ``allocate``'s:
-    executions per second over the time from the first transaction to the last."""
+    executions per second over the time from the first transaction to the last; with
+    ``verify``, the invariants checked at its end (see :func:`verify_outcome`)."""
+    outcome, note = "skipped", ""
     with psycopg.connect(target.endpoints.dsn, autocommit=True, connect_timeout=10) as conn:
         topology = describe_topology(target, conn)
         data = data_scale(conn, target.settings)
+        if verify:
+            outcome, note = verify_outcome(conn)
+    notes = "; ".join(part for part in (shape.notes, note) if part)
     record = RunRecord.begin(topology, shape.strategy, "locust", knobs=shape.knobs, data=data,
-                             notes=shape.notes)  # fmt: skip
+                             notes=notes)  # fmt: skip
     record.started_at = shape.started_at
     active = tally.active_seconds
     allocated = tally.total_allocated
@@ -676,5 +690,6 @@ def build_record(target: Target, tally: Tally, shape: RunShape, cdc: dict | None
         consumer_lag=tally.total_lag,
         dead_letters=tally.dead_letters,
         errors=tally.failed_transactions,
+        verify=outcome,
     )
     return record.finish(results, duration_s=shape.duration_s)
