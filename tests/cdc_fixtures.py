@@ -69,12 +69,12 @@ class CdcTarget:
     def settings(self) -> Settings:
         return Settings(dsn=self.dsn, kafka_bootstrap=self.bootstrap, run_dir=self.run_dir)
 
-    def relay_config(self, relay: RelayOptions = FAST_RELAY) -> RelayConfig:
+    def relay_config(self, options: RelayOptions = FAST_RELAY) -> RelayConfig:
         return RelayConfig(
             slot=self.slot,
             topics=self.topic_spec,
             status_path=self.run_dir / "cdc" / "relay.json",
-            options=relay,
+            options=options,
         )
 
 

@@ -28,6 +28,7 @@ from tests.cdc_fixtures import (
 )
 from workload import cdc
 from workload.cdc import process
+from workload.cdc import reader as reader_module
 from workload.cdc.encoding import changefeed_partition
 from workload.cdc.relay import Relay, RelayOptions
 from workload.cdc.slot import SlotSpec
@@ -94,6 +95,27 @@ def test_every_execution_reaches_the_topic_once_as_crdb_would_publish_it(cdc_tar
     assert metrics["transactions"] == len(per_transaction_stamps)
     assert metrics["lag_ms"]["count"] == len(executions)
     assert metrics["lag_ms"]["p99_ms"] is not None
+
+
+def test_transactions_larger_than_a_read_or_a_chunk(cdc_target, monkeypatch):
+    """A read hands its messages over in chunks (a huge transaction never sits whole in
+    memory) and returns whole transactions even past its limit; all of it arrives, the
+    transaction with one timestamp."""
+    monkeypatch.setattr(reader_module, "CHUNK", 64)
+    big = make_executions(500, block_orders=5, rng=random.Random(14))
+    small = make_executions(40, block_orders=5, rng=random.Random(15))
+    options = RelayOptions(batch_changes=100, resolved_interval=0.1, idle_poll=0.01)
+    with relay_thread(cdc_target, options=options) as relay, topic_reader(cdc_target) as reader:
+        insert(cdc_target.dsn, big, per_transaction=500)
+        insert(cdc_target.dsn, small, per_transaction=4)
+        reader.read_until(changes_at_least(540), "every execution")
+        wait_until(lambda: relay.metrics()["changes_published"] == 540, what="its count")
+    changes = [decode(m.key, m.value) for m in reader.changes()]
+    assert {c.execution_id for c in changes} == {e.execution_id for e in big + small}
+    assert len(changes) == 540
+    big_ids = {e.execution_id for e in big}
+    assert len({c.updated for c in changes if c.execution_id in big_ids}) == 1
+    assert relay.metrics()["transactions"] == 11
 
 
 def test_resolved_messages_reach_every_partition_and_bound_what_follows(cdc_target):
@@ -185,7 +207,7 @@ def test_the_relay_waits_out_a_broker_restart(cdc_target, tmp_path):
     current = {"bootstrap": record.url}
     cdc_target.bootstrap = record.url
     relay = Relay(
-        cdc_target.relay_config(relay=RelayOptions(ack_timeout=2, max_backoff=0.5)),
+        cdc_target.relay_config(RelayOptions(ack_timeout=2, max_backoff=0.5)),
         database_url=lambda: cdc_target.dsn,
         kafka_bootstrap=lambda: current["bootstrap"],
     )

@@ -47,19 +47,25 @@ class SlotGone(Exception):
     """The real slot does not exist (any more)."""
 
 
+CHUNK = 5000  # messages handed over at a time: a huge transaction never sits whole in memory
+
+
 @dataclass(frozen=True)
 class Batch:
-    """pgoutput messages of whole transactions, in commit order.
+    """pgoutput messages in commit order: one read of the slot, or a part of one.
 
-    ``complete``: fewer messages than the limit, so every transaction that committed before
-    ``wal_end`` is in this batch or an earlier one; ``server_time_ns`` is the server's clock
-    when ``wal_end`` was read.
+    A read returns whole transactions; it is handed over in chunks, and only its ``last``
+    chunk is sure to end with a Commit. On the last chunk: ``complete`` says the read returned
+    fewer messages than the limit, so every transaction that committed before ``wal_end`` is
+    in this read or an earlier one; ``server_time_ns`` is the server's clock when ``wal_end``
+    was taken.
     """
 
     messages: list[bytes]
     wal_end: int
     server_time_ns: int
     complete: bool
+    last: bool = True
 
 
 class SlotReader:
@@ -133,26 +139,35 @@ class SlotReader:
         assert self._conn is not None
         try:
             while not self._stop.is_set():
-                batch = self._read(self._conn)
-                while not self._stop.is_set():
-                    with contextlib.suppress(queue.Full):
-                        self._queue.put(batch, timeout=0.1)
-                        break
-                if not batch.messages:
+                if self._read(self._conn) == 0:
                     self._stop.wait(self._idle_poll)
         except BaseException as exc:
             if not self._stop.is_set():
                 with contextlib.suppress(queue.Full):
                     self._queue.put(exc, timeout=5)
 
-    def _read(self, conn: psycopg.Connection) -> Batch:
-        wal_end, server_micros = conn.execute(_WAL_POSITION).fetchone()
-        params = (self.copy_name, wal_end, self._limit, self._publication)
+    def _hand_over(self, batch: Batch) -> bool:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(batch, timeout=0.1)
+                return True
+        return False
+
+    def _read(self, conn: psycopg.Connection) -> int:
+        """One read of the slot, handed over in chunks; the number of messages read."""
+        text, server_micros = conn.execute(_WAL_POSITION).fetchone()
+        wal_end, server_time = pgoutput.parse_lsn(text), server_micros * 1000
+        params = (self.copy_name, text, self._limit, self._publication)
+        count = 0
+        chunk: list[bytes] = []
         with conn.cursor(binary=True) as cursor:
-            messages = [row[0] for row in cursor.stream(_GET, params, size=2000)]
-        return Batch(
-            messages=messages,
-            wal_end=pgoutput.parse_lsn(wal_end),
-            server_time_ns=server_micros * 1000,
-            complete=len(messages) < self._limit,
-        )
+            for (data,) in cursor.stream(_GET, params, size=2000):
+                chunk.append(data)
+                if len(chunk) == CHUNK:
+                    count += len(chunk)
+                    if not self._hand_over(Batch(chunk, wal_end, server_time, False, False)):
+                        return count
+                    chunk = []
+        count += len(chunk)
+        self._hand_over(Batch(chunk, wal_end, server_time, count < self._limit, True))
+        return count

@@ -210,6 +210,14 @@ class Relay:
         self._floor = read_floor(config.status_path, config.slot.slot)
         self._resolved = self._floor
         self._caught_up_at: int | None = None  # server time (ns) the slot was last drained to
+        # The read in progress (it may come in several batches): the floor at its start, to
+        # give its transactions the same timestamps if it must be read again; its last
+        # transaction's end; how many messages it had so far.
+        self._read_floor = self._floor
+        self._read_last_end: int | None = None
+        self._read_rows = 0
+        self._updated = b""  # the HLC text of the transaction being produced
+        self._transaction: _Transaction | None = None
         self._last_status = 0.0
         self._last_resolved_at = 0.0
         self._rate_mark = (time.monotonic(), 0)
@@ -286,6 +294,7 @@ class Relay:
         except LabError as exc:
             raise BrokerDown(str(exc)) from None
         self._partition = Partitioner(topic.partitions)
+        self._delivery_failures = 0
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -320,6 +329,7 @@ class Relay:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._read_last_end, self._read_rows = None, 0
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
@@ -335,7 +345,7 @@ class Relay:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Relay until ``stop`` is set, then finish the batch in hand and return.
+        """Relay until ``stop`` is set, then finish the read in hand and return.
 
         Fails (LabError) only if the first connection cannot be made or the slot is gone;
         after that, outages are waited out.
@@ -351,7 +361,9 @@ class Relay:
         backoff = _Backoff(self.options.max_backoff)
         self._set_state("running")
         try:
-            while not stop.is_set():
+            # A read of the slot in progress is finished first, so that a clean stop leaves
+            # nothing produced and unacknowledged behind.
+            while not stop.is_set() or self._read_rows:
                 try:
                     if self._conn is None:
                         self._connect_database()
@@ -384,48 +396,62 @@ class Relay:
         stop.wait(delay)
 
     def _relay_batch(self, stop: threading.Event) -> int:
-        """Relay the next batch the reader has ready; the number of messages in it."""
+        """Relay the next batch the reader has ready; the number of messages in it.
+
+        A read of the slot may come in several batches; the acknowledgements are awaited and
+        the slot advanced at its last one, which ends with a whole transaction.
+        """
         conn, reader = self._conn, self._reader
         assert conn is not None and reader is not None and self._producer is not None
-        floor_before = self._floor
         try:
             batch = reader.next(timeout=0.2)
         except SlotGone as exc:
             raise LabError(f"the relay's slot is gone: {exc}") from None
         except TRANSIENT_ERRORS as exc:
+            self._read_again()
             raise DatabaseDown(_first_line(exc)) from None
         if batch is None:
             return 0
         rows = len(batch.messages)
         try:
             last_end = self._produce_batch(batch.messages)
-            if rows:
+            self._read_last_end = last_end or self._read_last_end
+            if batch.last and self._read_rows + rows:
                 self._await_acks(stop)
         except BrokerDown:
-            # What was read ahead is read again from the slot, with the same timestamps.
-            self._floor = floor_before
+            self._read_again()
             self._close_database()
             raise
-        # A complete batch holds everything committed before wal_end, so the slot can skip
-        # to there, past WAL of tables it does not publish.
-        target = max(last_end or 0, batch.wal_end if batch.complete else 0)
+        self._read_rows += rows
+        if not batch.last:
+            return rows
+        # A complete read holds everything committed before wal_end, so the slot can skip to
+        # there, past WAL of tables it does not publish.
+        target = max(self._read_last_end or 0, batch.wal_end if batch.complete else 0)
         if target and (self.confirmed_lsn is None or target > self.confirmed_lsn):
             try:
                 conn.execute(_ADVANCE, (self.config.slot.slot, pgoutput.lsn_text(target)))
-                if rows:
+                if self._read_rows:
                     self._log_running_transactions(conn)
             except errors.UndefinedObject as exc:
                 raise LabError(f"the relay's slot is gone: {_first_line(exc)}") from None
             except TRANSIENT_ERRORS as exc:
-                self._floor = floor_before
+                self._read_again()
                 raise DatabaseDown(_first_line(exc)) from None
             self.confirmed_lsn = target
         with self._metrics_lock:
             self.changes_published += self._acked
             self._acked = 0
-        self.batches += 1 if rows else 0
+        self.batches += 1 if self._read_rows else 0
         self._caught_up_at = batch.server_time_ns if batch.complete else None
+        # the next read starts here
+        self._read_floor, self._read_last_end, self._read_rows = self._floor, None, 0
         return rows
+
+    def _read_again(self) -> None:
+        """The read in progress will be read again from the slot: give its transactions the
+        same timestamps as before, unless a resolved timestamp was sent since (then above)."""
+        self._floor = max(self._read_floor, self._resolved)
 
     def _log_running_transactions(self, conn: psycopg.Connection) -> None:
         """Let the slot's restart point follow it closely.
@@ -462,9 +488,8 @@ class Relay:
             pgoutput.Insert, pgoutput.Update, pgoutput.Begin, pgoutput.Commit
         )  # fmt: skip
         last_end = None
-        updated = b""
-        transaction: _Transaction | None = None
-        self._delivery_failures = 0
+        # A transaction may continue from the previous batch of the same read.
+        updated, transaction = self._updated, self._transaction
         for rows, data in enumerate(messages, 1):
             message = parse(data)
             kind = type(message)
@@ -509,6 +534,7 @@ class Relay:
             if rows % 5000 == 0:
                 producer.poll(0)
         producer.poll(0)
+        self._updated, self._transaction = updated, transaction
         return last_end
 
     def _await_acks(self, stop: threading.Event) -> None:
@@ -541,6 +567,8 @@ class Relay:
         interval = self.options.resolved_interval
         if not interval or time.monotonic() - self._last_resolved_at < interval:
             return
+        if self._read_rows:
+            return  # mid-way through a read: its end has not been acknowledged yet
         # Everything produced so far is acknowledged and behind the slot. If the slot was
         # drained, nothing that committed before the server time of that read can still come,
         # except a commit racing the read: its "updated" is raised above this anyway.
