@@ -175,3 +175,48 @@ def test_postgresql_has_no_changefeeds():
     ):
         with pytest.raises(ValueError, match="relay"):
             render_for_postgres()
+
+
+class RecordingConnection:
+    """Stands in for a CockroachDB connection (none runs here): records the statements the
+    changefeed management sends and answers the jobs query with canned rows."""
+
+    def __init__(self, jobs: list[tuple]):
+        self.jobs = jobs
+        self.statements: list[str] = []
+
+    def execute(self, statement):
+        text = render(statement) if not isinstance(statement, str) else statement
+        self.statements.append(text)
+        rows = self.jobs if "SHOW CHANGEFEED JOBS" in text else [(1017,)]
+        return type("Result", (), {"fetchall": lambda _: rows, "fetchone": lambda _: rows[0]})()
+
+
+def job_row(job_id: int, status: str, high_water=None) -> tuple:
+    return (job_id, status, None, high_water, None, "kafka://k:9092?topic_name=t", "t", "CREATE")
+
+
+def test_starting_creates_one_changefeed_and_starting_again_creates_none():
+    conn = RecordingConnection(jobs=[job_row(7, "canceled")])
+    started = changefeed.start(conn, CRDB, spec())
+    assert started["job_id"] == 1017 and started["created"]
+    assert conn.statements[0] == "SET CLUSTER SETTING kv.rangefeed.enabled = true"
+    assert conn.statements[-1].startswith("CREATE CHANGEFEED FOR TABLE")
+
+    running = RecordingConnection(jobs=[job_row(9, "running", Decimal("1701102296662969433.0"))])
+    again = changefeed.start(running, CRDB, spec())
+    assert again["job_id"] == 9 and not again["created"]
+    assert not any(s.startswith("CREATE CHANGEFEED") for s in running.statements)
+    assert again["job"]["high_water"] == "1701102296662969433.0000000000"
+    assert again["job"]["high_water_time"].startswith("2023-11-27T16:24:56.662969")
+
+
+def test_stopping_cancels_every_active_changefeed_of_the_table():
+    conn = RecordingConnection(
+        jobs=[job_row(3, "running"), job_row(4, "paused"), job_row(5, "canceled")]
+    )
+    assert changefeed.stop(conn, CRDB) == [3, 4]
+    assert [s for s in conn.statements if s.startswith("CANCEL")] == [
+        "CANCEL JOB 3",
+        "CANCEL JOB 4",
+    ]
