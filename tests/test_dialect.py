@@ -94,3 +94,27 @@ def test_whole_schema_renders(dialect):
 
 def test_ddl_is_transactional_only_on_postgres():
     assert PG.transactional_ddl and not CRDB.transactional_ddl
+
+
+def test_upsert_from_arrays():
+    cols, types = ("block_order_id", "account_id", "quantity"), ("uuid", "uuid", "int8")
+    key = cols[:2]
+    assert CRDB.upsert_arrays("allocations.account_allocations", cols, types, key).as_string(
+        None
+    ) == (
+        'UPSERT INTO "allocations"."account_allocations" ("block_order_id", "account_id", '
+        '"quantity") SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::int8[])'
+    )
+    assert PG.upsert_arrays("allocations.account_allocations", cols, types, key).as_string(
+        None
+    ) == (
+        'INSERT INTO "allocations"."account_allocations" ("block_order_id", "account_id", '
+        '"quantity") SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::int8[]) '
+        'ON CONFLICT ("block_order_id", "account_id") DO UPDATE SET "quantity" = '
+        'EXCLUDED."quantity"'
+    )
+
+
+def test_node_count():
+    assert "crdb_internal.gossip_nodes" in CRDB.node_count_query().as_string(None)
+    assert PG.node_count_query().as_string(None) == "SELECT 1"

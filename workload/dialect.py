@@ -159,6 +159,39 @@ class Dialect:
             table, cols, values, sql.SQL(", ").join(map(sql.Identifier, key)), action
         )
 
+    def node_count_query(self) -> sql.SQL:
+        """How many database nodes serve the cluster (one for PostgreSQL)."""
+        if self.is_cockroachdb:
+            return sql.SQL("SELECT count(*) FROM crdb_internal.gossip_nodes WHERE is_live")
+        return sql.SQL("SELECT 1")
+
+    def upsert_arrays(
+        self,
+        qualified: str,
+        columns: Sequence[str],
+        types: Sequence[str],
+        key: Sequence[str],
+    ) -> sql.Composed:
+        """Insert-or-overwrite many rows in one statement, one array parameter per column
+        (``unnest``): one round trip and one plan for any number of rows."""
+        table = sql.SQL(".").join(map(sql.Identifier, qualified.split(".")))
+        cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+        arrays = sql.SQL(", ").join(
+            sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types
+        )  # the types are the kit's constants, never user input
+        if self.is_cockroachdb:
+            return sql.SQL("UPSERT INTO {} ({}) SELECT * FROM unnest({})").format(
+                table, cols, arrays
+            )
+        updates = sql.SQL(", ").join(
+            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+            for c in columns
+            if c not in key
+        )
+        return sql.SQL(
+            "INSERT INTO {} ({}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO UPDATE SET {}"
+        ).format(table, cols, arrays, sql.SQL(", ").join(map(sql.Identifier, key)), updates)
+
     def stale_read(self) -> sql.SQL:
         """A clause after FROM that lets a read be served by the nearest replica on CockroachDB
         (bounded staleness, no contention with writers); nothing on PostgreSQL."""

@@ -97,6 +97,7 @@ class ConsumerMetrics:
     last_message_at: float | None = None
     assigned: bool = False
     assigned_at: float | None = None  # monotonic time of the latest partition assignment
+    caught_up: bool = False  # every assigned partition had a watermark after its last data
 
 
 class AllocationConsumer:
@@ -144,6 +145,12 @@ class AllocationConsumer:
         self._buffered_since: float | None = None
         self._blocks: dict[uuid.UUID, _BlockBuffer] = {}  # block strategy
         self._consumed: dict[int, int] = {}  # partition -> last offset read
+        self._assigned: set[int] = set()
+        # Resolved messages are watermarks: one that arrives after a partition's last
+        # execution says the source has published everything before it, so the partition
+        # is caught up even though watermarks keep arriving.
+        self._last_data: dict[int, float] = {}
+        self._last_watermark: dict[int, float] = {}
         self._committed: dict[int, int] = {}  # partition -> offset committed
         self._dead_letters_unacked = 0
         self._lag_checked = 0.0
@@ -163,6 +170,9 @@ class AllocationConsumer:
             # the session timeout.
             self._consumer.close()
             self._producer.flush(10)
+            # The clients' callbacks are bound methods (a reference cycle): drop them now so
+            # their connections close with the run, not whenever the garbage collector runs.
+            self._consumer = self._producer = None
         return self.metrics
 
     def poll_once(self, timeout: float) -> int:
@@ -176,6 +186,7 @@ class AllocationConsumer:
         if now - self._lag_checked > 1.0:
             self._update_lag()
             self._lag_checked = now
+        self.metrics.caught_up = self._caught_up()
         return len(messages)
 
     def _take(self, message, now: float) -> None:
@@ -186,19 +197,19 @@ class AllocationConsumer:
             return
         partition, offset = message.partition(), message.offset()
         self._consumed[partition] = max(offset, self._consumed.get(partition, -1))
-        self.metrics.last_message_at = now
-        if self.metrics.first_message_at is None:
-            self.metrics.first_message_at = now
         try:
             decoded = decode(
                 message.key(), message.value(), max_size=self.options.max_message_bytes
             )
         except InvalidMessage as exc:
+            self._saw_data(partition, now)
             self._dead_letter(exc.reason, exc.detail, message=message)
             return
         if isinstance(decoded, Resolved):
             self.metrics.resolved += 1
+            self._last_watermark[partition] = now
             return
+        self._saw_data(partition, now)
         self.metrics.received += 1
         pending = _Pending(decoded, partition, offset, message.key(), message.value())
         if self.options.strategy == "block":
@@ -207,6 +218,18 @@ class AllocationConsumer:
             if not self._buffer:
                 self._buffered_since = now
             self._buffer.append(pending)
+
+    def _saw_data(self, partition: int, now: float) -> None:
+        """Executions (and bad messages) count as activity; watermarks do not."""
+        self._last_data[partition] = now
+        self.metrics.last_message_at = now
+        if self.metrics.first_message_at is None:
+            self.metrics.first_message_at = now
+
+    def _caught_up(self) -> bool:
+        return bool(self._assigned) and all(
+            self._last_watermark.get(p, -1.0) > self._last_data.get(p, 0.0) for p in self._assigned
+        )
 
     # -- flushing -----------------------------------------------------------------------------
 
@@ -340,6 +363,7 @@ class AllocationConsumer:
         self.metrics.assigned_at = time.monotonic()
         for tp in partitions:
             self._committed.pop(tp.partition, None)
+            self._assigned.add(tp.partition)
 
     def _on_revoke(self, consumer, partitions) -> None:
         """Before partitions move to another member: hand over a clean, committed state."""
@@ -357,6 +381,7 @@ class AllocationConsumer:
         for partition in revoked:
             self._consumed.pop(partition, None)
             self._committed.pop(partition, None)
+            self._assigned.discard(partition)
 
     def _update_lag(self) -> None:
         try:

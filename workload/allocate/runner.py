@@ -186,12 +186,15 @@ def run_allocation(
 
 
 def _drained(consumers: list[AllocationConsumer], now: float, idle: float) -> bool:
-    """Every consumer has joined, has nothing left to read, and has read nothing for ``idle``
-    seconds (counted from the last message, or from the last join if none came since)."""
+    """Every consumer has joined, is caught up (nothing left to read, or a watermark after
+    its last execution on every partition: a live source keeps sending watermarks), and has
+    read no execution for ``idle`` seconds (counted from the last one, or from the join)."""
     quiet_since = 0.0
     for c in consumers:
         m = c.metrics
-        if m.assigned_at is None or m.lag is None or m.lag > 0:
+        if m.assigned_at is None:
+            return False
+        if not (m.lag == 0 or m.caught_up):
             return False
         quiet_since = max(quiet_since, m.assigned_at, m.last_message_at or 0.0)
     return now - quiet_since >= idle

@@ -34,7 +34,7 @@ import psycopg
 
 from workload.dialect import Dialect
 from workload.envelope import Execution
-from workload.fairprice import BlockFill, FillRejected, price_units
+from workload.fairprice import BlockFill, price_units
 
 NOTIONAL_UNIT = Decimal("0.0001")
 
@@ -115,6 +115,7 @@ ON CONFLICT (block_order_id) DO NOTHING
 """
 
 ALLOCATION_COLUMNS = ("block_order_id", "account_id", "quantity", "price", "snapshot_seq")
+ALLOCATION_TYPES = ("uuid", "uuid", "int8", "numeric", "int8")
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ class AllocationStore:
             fills=live,
             busted=already_busted,
         )
-        applied_now = 0
+        prefix: list[FillRow] = []
         for row in fills:
             if row.seq <= state.applied_seq:
                 # Another execution already took this seq: two rows claim one position.
@@ -325,19 +326,19 @@ class AllocationStore:
             if row.seq != state.applied_seq + 1:
                 break  # a gap: the rest waits for the missing executions
             state.applied_seq = row.seq
-            try:
-                fill = fill.apply(row).fill
-            except FillRejected as exc:
-                writes.marks.append((row.execution_id, "rejected", exc.reason))
-                outcome.rejected.append(
-                    Rejection(row.execution_id, row.block_order_id, exc.reason, str(exc), row)
-                )
-                continue
+            prefix.append(row)
+        fill, applied, rejected = fill.apply_all(prefix)
+        for row, exc in rejected:
+            writes.marks.append((row.execution_id, "rejected", exc.reason))
+            outcome.rejected.append(
+                Rejection(row.execution_id, row.block_order_id, exc.reason, str(exc), row)
+            )
+        for row in applied:
             writes.marks.append((row.execution_id, "applied", None))
             if row.activity == "bust":
                 writes.busted.append((row.ref_execution_id, row.execution_id))
-            outcome.applied.append(row)
-            applied_now += 1
+        outcome.applied.extend(applied)
+        applied_now = len(applied)
 
         state.filled = fill.filled
         state.notional = Decimal(fill.notional_units) * NOTIONAL_UNIT
@@ -390,13 +391,16 @@ class _Writes:
         if self.busted:
             ids, by = (list(x) for x in zip(*self.busted, strict=True))
             conn.execute(MARK_BUSTED, (ids, by))
-        upsert_allocations = dialect.upsert(
-            "allocations.account_allocations", ALLOCATION_COLUMNS, ALLOCATION_COLUMNS[:2]
-        )
+        if self.allocations:
+            # Every account of every snapshotted block order, in one statement.
+            statement = dialect.upsert_arrays(
+                "allocations.account_allocations", ALLOCATION_COLUMNS, ALLOCATION_TYPES,
+                key=ALLOCATION_COLUMNS[:2],
+            )  # fmt: skip
+            conn.execute(statement, [list(c) for c in zip(*self.allocations, strict=True)])
         with conn.cursor() as cur:
             for statement, rows in (
                 (INSERT_SNAPSHOT, self.snapshots),
-                (upsert_allocations, self.allocations),
                 (OUTBOX, self.outbox),
                 (UPDATE_BLOCK_STATE, self.states),
             ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from workload.allocate import (
     STRATEGIES,
@@ -11,8 +12,10 @@ from workload.allocate import (
     RunOptions,
     run_allocation,
 )
+from workload.allocate.recording import record_allocation
 from workload.allocate.runner import ISOLATION_LEVELS
 from workload.endpoints import resolve
+from workload.records import DEFAULT_RESULTS_DIR
 from workload.settings import Settings, parse_duration
 from workload.topics import DEFAULT_TOPIC
 
@@ -74,6 +77,11 @@ def register(commands, common) -> None:
         "--group", default=defaults.group_id,
         help=f"consumer group id (default {defaults.group_id})",
     )  # fmt: skip
+    parser.add_argument(
+        "--results", type=Path, default=DEFAULT_RESULTS_DIR, metavar="DIR",
+        help=f"where the run record goes, for `report` (default {DEFAULT_RESULTS_DIR})",
+    )  # fmt: skip
+    parser.add_argument("--no-record", action="store_true", help="do not write a run record")
     parser.set_defaults(handler=run)
 
 
@@ -119,4 +127,10 @@ def run(args, settings: Settings) -> int:
         ),
     )
     print_report(report)
+    if not args.no_record and report.total.allocated:
+        path = record_allocation(
+            report, endpoints, scale=settings.scale, seed=settings.seed,
+            results_dir=args.results,
+        )  # fmt: skip
+        print(f"run record: {path}")
     return 0

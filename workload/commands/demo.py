@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 
-from workload import schema
+from workload import cdc, schema
+from workload.allocate import STRATEGIES, AllocatorOptions, RunOptions, run_allocation
+from workload.allocate.recording import record_allocation
+from workload.commands.allocate import print_report as print_allocation
 from workload.commands.rebalance import default_workers
 from workload.commands.rebalance import print_report as print_rebalance
 from workload.commands.seed import add_scale_knobs, print_report, scale_from, seed_database
@@ -12,12 +17,20 @@ from workload.commands.trade import print_report as print_trade
 from workload.db import connect
 from workload.dialect import detect
 from workload.embedded import EmbeddedStack
+from workload.endpoints import EMBEDDED_TOPOLOGY, Endpoints, resolve
+from workload.errors import LabError
 from workload.progress import TableProgress
 from workload.rebalance import RebalanceOptions, rebalance
 from workload.settings import Settings, redact_url
 from workload.trade import TradeOptions, run_bulk
+from workload.verify import run_checks
 
 ORDER = 90
+
+ALLOCATION_TABLES = (
+    "allocations.fills, allocations.block_fills, allocations.snapshots, "
+    "allocations.account_allocations, allocations.oms_outbox"
+)
 
 
 def register(commands, common) -> None:
@@ -26,11 +39,20 @@ def register(commands, common) -> None:
         parents=[common["connection"], common["data"]],
         help="run the whole flow on the embedded default and print a summary",
         description="Start the embedded stack (unless --dsn is given), create a fresh schema, "
-        "seed at the chosen scale (default medium), rebalance on the last seeded day, trade "
-        "every block order, and summarise what was created. Stops what it started unless "
-        "--keep.",
+        "seed at the chosen scale (default medium), rebalance on the last seeded day, start "
+        "CDC, trade every block order, then allocate the same executions with each strategy "
+        "(block, per-execution, micro-batch), verify each, and end with a table comparing "
+        "them. Stops what it started unless --keep.",
     )
     add_scale_knobs(parser)
+    parser.add_argument(
+        "--consumers", type=int, default=4, metavar="K",
+        help="allocation consumers per strategy (default 4)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES), metavar="LIST",
+        help=f"strategies to compare, comma-separated (default {','.join(STRATEGIES)})",
+    )  # fmt: skip
     parser.add_argument(
         "--keep", action="store_true", help="leave the embedded stack running to explore"
     )
@@ -39,22 +61,34 @@ def register(commands, common) -> None:
 
 def run(args, settings: Settings) -> int:
     scale = scale_from(args, settings)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise LabError(f"--strategies: choose from {', '.join(STRATEGIES)} (got {args.strategies})")
     started = time.perf_counter()
     if settings.dsn:
-        return _flow(settings.dsn, scale, settings, started)
-    stack = EmbeddedStack(settings.run_dir, keep=args.keep)
-    with stack as info:
-        code = _flow(info.dsn, scale, settings, started)
+        return _flow(resolve(settings, need_kafka=True), scale, settings, args, strategies, started)
+    with EmbeddedStack(settings.run_dir, keep=args.keep) as info:
+        endpoints = Endpoints(
+            dsn=info.dsn,
+            kafka_bootstrap=info.kafka_bootstrap,
+            topology=settings.topology or EMBEDDED_TOPOLOGY,
+            embedded=True,
+        )
+        code = _flow(endpoints, scale, settings, args, strategies, started)
         if args.keep:
             print(f"\nthe stack keeps running in {settings.run_dir}; stop it with "
                   "`python -m workload down`")  # fmt: skip
         return code
 
 
-def _flow(dsn: str, scale, settings: Settings, started: float) -> int:
+def _flow(endpoints: Endpoints, scale, settings: Settings, args, strategies, started) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    dsn = endpoints.dsn
     print(f"== demo on {redact_url(dsn)} at scale {settings.scale}, seed {settings.seed}")
     with connect(dsn) as conn:
         dialect = detect(conn)
+        cdc.stop(endpoints, settings, drop_slot=True)  # a previous demo's relay and slot
         dropped = schema.drop(conn, dialect)
         schema.create(conn, dialect)
     print(
@@ -65,8 +99,79 @@ def _flow(dsn: str, scale, settings: Settings, started: float) -> int:
     print_report(seed_database(dsn, scale, settings.seed))
     print("-- rebalance (phase i): drift at the open -> customer and block orders")
     print_rebalance(rebalance(dsn, RebalanceOptions(workers=default_workers())))
-    print("-- trade: executions against the block orders (execute, bust, replace)")
-    with connect(dsn) as conn, TableProgress(unit="shares") as progress:
-        print_trade(run_bulk(conn, TradeOptions(seed=settings.seed), progress=progress))
-    print(f"== demo finished in {time.perf_counter() - started:.1f} s")
-    return 0
+
+    print("-- CDC: executions -> Kafka topic, partitioned by block order")
+    cdc.start(endpoints, settings)
+    try:
+        print("-- trade: executions against the block orders (execute, bust, replace)")
+        with connect(dsn) as conn, TableProgress(unit="shares") as progress:
+            traded = run_bulk(conn, TradeOptions(seed=settings.seed), progress=progress)
+        print_trade(traded)
+        published = _wait_for_cdc(endpoints, settings, traded.executions)
+        lag = cdc.status(endpoints, settings).get("lag_ms") or {}
+        print(f"   {published:,} changes published; commit-to-Kafka lag p50 "
+              f"{lag.get('p50_ms')} ms, p99 {lag.get('p99_ms')} ms")  # fmt: skip
+
+        rows = []
+        for strategy in strategies:
+            print(f"-- allocate (phase ii), strategy {strategy}, {args.consumers} consumers")
+            with connect(dsn) as conn:
+                conn.execute(f"TRUNCATE {ALLOCATION_TABLES}")
+            options = AllocatorOptions(
+                strategy=strategy,
+                consumers=args.consumers,
+                group_id=f"demo-{strategy}-{uuid.uuid4().hex[:6]}",
+            )
+            report = run_allocation(
+                dsn, endpoints.kafka_bootstrap, options, RunOptions(until_idle=2.0)
+            )
+            print_allocation(report)
+            with connect(dsn) as conn:
+                failed = [r for r in run_checks(conn) if not r.passed]
+            verdict = (
+                "passed" if not failed else "FAILED: " + ", ".join(r.check.name for r in failed)
+            )
+            print(f"   verify {verdict}")
+            record_allocation(
+                report, endpoints, source="demo", scale=settings.scale, seed=settings.seed,
+                verify="passed" if not failed else "failed", cdc_lag_ms=lag or None,
+            )  # fmt: skip
+            rows.append((report.as_dict(), verdict))
+    finally:
+        cdc.stop(endpoints, settings, drop_slot=True)
+
+    print()
+    print(f"{'strategy':<14}{'consumers':>10}{'allocated':>11}{'exec/s':>9}{'p50 ms':>9}"
+          f"{'p99 ms':>9}{'retries':>9}{'e2e p99 ms':>12}  verify")  # fmt: skip
+    for d, verdict in rows:
+        t, e2e = d["txn_latency_ms"], d["e2e_latency_ms"]
+        print(
+            f"{d['strategy']:<14}{d['consumers']:>10}{d['executions_allocated']:>11,}"
+            f"{d['executions_per_s']:>9,.0f}{_ms(t['p50_ms']):>9}{_ms(t['p99_ms']):>9}"
+            f"{d['retries']['retries']:>9}{_ms(e2e['p99_ms']):>12}  {verdict}"
+        )
+    print(f"== demo finished in {time.perf_counter() - started:.1f} s; run records in "
+          "results/ (compare them with `python -m workload report`)")  # fmt: skip
+    return 0 if all(v == "passed" for _, v in rows) else 1
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _wait_for_cdc(endpoints: Endpoints, settings: Settings, expected: int, timeout=120.0) -> int:
+    """Until the relay has published every execution written (or the changefeed caught up)."""
+    deadline = time.monotonic() + timeout
+    published = 0
+    while time.monotonic() < deadline:
+        status = cdc.status(endpoints, settings)
+        published = status.get("messages_published")
+        if published is None:  # a changefeed: trust its high-water mark to pass the trades
+            return expected
+        if published >= expected:
+            return published
+        time.sleep(0.5)
+    raise LabError(
+        f"CDC published {published:,} of {expected:,} executions within {timeout:.0f} s; "
+        "see `python -m workload cdc status`"
+    )
