@@ -9,6 +9,8 @@ import uuid
 from workload import cdc, schema
 from workload.allocate import STRATEGIES, AllocatorOptions, RunOptions, run_allocation
 from workload.allocate.recording import record_allocation
+from workload.booking import BookingOptions, run_booking
+from workload.booking import print_report as print_booking
 from workload.commands.allocate import print_report as print_allocation
 from workload.commands.rebalance import default_workers
 from workload.commands.rebalance import print_report as print_rebalance
@@ -41,8 +43,9 @@ def register(commands, common) -> None:
         description="Start the embedded stack (unless --dsn is given), create a fresh schema, "
         "seed at the chosen scale (default medium), rebalance on the last seeded day, start "
         "CDC, trade every block order, then allocate the same executions with each strategy "
-        "(block, per-execution, micro-batch), verify each, and end with a table comparing "
-        "them. Stops what it started unless --keep.",
+        "(block, per-execution, micro-batch), verify each, book the last run's allocations "
+        "into holdings with settlements, and end with a table comparing the strategies. "
+        "Stops what it started unless --keep.",
     )
     add_scale_knobs(parser)
     parser.add_argument(
@@ -137,6 +140,18 @@ def _flow(endpoints: Endpoints, scale, settings: Settings, args, strategies, sta
                 verify="passed" if not failed else "failed", cdc_lag_ms=lag or None,
             )  # fmt: skip
             rows.append((report.as_dict(), verdict))
+
+        print("-- book (phase iii): the last run's allocations -> holdings, settlements")
+        booking = run_booking(
+            dsn, endpoints.kafka_bootstrap, BookingOptions(until_idle=1.0, workers=2)
+        )
+        print_booking(booking)
+        with connect(dsn) as conn:
+            failed = [r for r in run_checks(conn) if not r.passed]
+        booked_verdict = (
+            "passed" if not failed else "FAILED: " + ", ".join(r.check.name for r in failed)
+        )
+        print(f"   verify after booking {booked_verdict}")
     finally:
         cdc.stop(endpoints, settings, drop_slot=True)
 
@@ -152,7 +167,12 @@ def _flow(endpoints: Endpoints, scale, settings: Settings, args, strategies, sta
         )
     print(f"== demo finished in {time.perf_counter() - started:.1f} s; run records in "
           "results/ (compare them with `python -m workload report`)")  # fmt: skip
-    return 0 if all(v == "passed" for _, v in rows) else 1
+    letters = sum(booking.dead_letters.values())
+    print(f"booking: {booking.bookings:,} bookings of {booking.blocks_booked:,} block orders, "
+          f"{booking.settlements_published:,} settlements published, {letters:,} dead letters; "
+          f"verify {booked_verdict}")  # fmt: skip
+    passed = [v for _, v in rows] + [booked_verdict]
+    return 0 if all(v == "passed" for v in passed) else 1
 
 
 def _ms(value) -> str:
