@@ -3,12 +3,15 @@
 Executions reach Kafka from a CRDB changefeed::
 
     CREATE CHANGEFEED FOR TABLE trades.executions INTO 'kafka://...'
-      WITH format = json, updated, resolved, key_column = 'block_order_id', unordered
+      WITH format = json, updated, key_column = 'block_order_id', unordered
 
 or from our PostgreSQL logical-decoding relay, which must write the same bytes, so that the
-consumer cannot tell the sources apart. This module is the one definition of those bytes:
-:func:`encode_change` / :func:`encode_resolved` write them, :func:`decode` reads and validates
-them.
+consumer cannot tell the sources apart. (``key_column`` needs ``unordered``, and CockroachDB
+refuses ``resolved`` with ``unordered``, so only the relay sends resolved messages; consumers
+use them as watermarks when they come and never depend on them.)
+
+This module is the one definition of those bytes: :func:`encode_change` /
+:func:`encode_resolved` write them, :func:`decode` reads and validates them.
 
 What CRDB emits, and where that is written down
 -----------------------------------------------

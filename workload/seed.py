@@ -76,8 +76,10 @@ class Scale:
 PRESETS: dict[str, Scale] = {
     "small": Scale(securities=40, days=20, managers=2, models_per_manager=2, accounts=200,
                    positions_per_account=8),
-    "medium": Scale(securities=300, days=60, managers=5, models_per_manager=4, accounts=5_000,
-                    positions_per_account=12),
+    # The demo's scale: big enough that every strategy has real work, small enough that the
+    # slowest (one transaction per execution) finishes in about a minute on a laptop.
+    "medium": Scale(securities=200, days=60, managers=4, models_per_manager=3, accounts=1_000,
+                    positions_per_account=10),
     "large": Scale(securities=1_000, days=250, managers=20, models_per_manager=10,
                    accounts=100_000, positions_per_account=10),
 }  # fmt: skip
