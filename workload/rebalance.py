@@ -8,7 +8,9 @@ For each rebalance group (a manager and a model) and each account in it:
   is left alone; securities held outside the model have weight 0 (sold when they drift);
 - the difference becomes a sell (never more than held: the target is >= 0) or a buy; buys
   are scaled down so that they never spend more than the account's cash plus its sells'
-  proceeds (each buy x available / cost, floored).
+  proceeds (each buy x available / cost, floored), where the cost of buys carries a cash
+  buffer (default 2%): orders are sized at the open but fill during the day, and a buy that
+  fills above the open must still find the cash when it is booked.
 
 Customer orders (one per account and security) aggregate into block orders per
 (rebalance request, security, side). Everything is set-based: one INSERT ... SELECT per group
@@ -36,6 +38,7 @@ from workload.db import RetryStats, open_pool, run_transaction
 from workload.errors import LabError
 
 DEFAULT_TOLERANCE = Decimal("0.005")  # half a percentage point of the portfolio
+DEFAULT_CASH_BUFFER = Decimal("0.02")  # buys budgeted 2% above the open
 
 CREATE_REQUESTS = """
 INSERT INTO orders.rebalance_requests (request_id, manager_id, model_id, trade_date)
@@ -89,7 +92,7 @@ WITH acct AS (
 ), budget AS (
     SELECT account_id,
            max(cash) + sum(CASE WHEN delta < 0 THEN -delta * open ELSE 0 END) AS available,
-           sum(CASE WHEN delta > 0 THEN delta * open ELSE 0 END) AS cost
+           sum(CASE WHEN delta > 0 THEN delta * open ELSE 0 END) * (1 + %(buffer)s) AS cost
       FROM drifted GROUP BY account_id
 ), sized AS (
     SELECT d.account_id, d.security_id,
@@ -133,6 +136,7 @@ RETURNING accounts, customer_orders, block_orders
 class RebalanceOptions:
     trade_date: date | None = None  # None: the last seeded trading day
     tolerance: Decimal = DEFAULT_TOLERANCE
+    cash_buffer: Decimal = DEFAULT_CASH_BUFFER
     workers: int = 2  # groups written concurrently
 
 
@@ -189,6 +193,8 @@ def rebalance(dsn: str, options: RebalanceOptions = RebalanceOptions()) -> Rebal
     started = time.perf_counter()
     if options.tolerance < 0 or options.tolerance >= 1:
         raise LabError(f"--tolerance must be in [0, 1) (got {options.tolerance})")
+    if options.cash_buffer < 0 or options.cash_buffer >= 1:
+        raise LabError(f"--cash-buffer must be in [0, 1) (got {options.cash_buffer})")
     stats = RetryStats()
     pool = open_pool(dsn, size=max(1, options.workers), name="rebalance")
     try:
@@ -210,6 +216,7 @@ def rebalance(dsn: str, options: RebalanceOptions = RebalanceOptions()) -> Rebal
                 "model": model_id,
                 "day": day,
                 "tolerance": options.tolerance,
+                "buffer": options.cash_buffer,
             }
             with pool.connection() as conn:
                 return run_transaction(

@@ -7,7 +7,13 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from workload.endpoints import resolve
-from workload.rebalance import DEFAULT_TOLERANCE, RebalanceOptions, RebalanceReport, rebalance
+from workload.rebalance import (
+    DEFAULT_CASH_BUFFER,
+    DEFAULT_TOLERANCE,
+    RebalanceOptions,
+    RebalanceReport,
+    rebalance,
+)
 from workload.settings import Settings
 
 ORDER = 40
@@ -53,6 +59,14 @@ def register(commands, common) -> None:
         f"the target is not traded (default {DEFAULT_TOLERANCE})",
     )
     parser.add_argument(
+        "--cash-buffer",
+        type=_decimal,
+        default=DEFAULT_CASH_BUFFER,
+        metavar="FRACTION",
+        help="budget buys this much above the open, so that fills later in the day still "
+        f"find the cash (default {DEFAULT_CASH_BUFFER})",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=default_workers(),
@@ -77,6 +91,11 @@ def print_report(report: RebalanceReport) -> None:
 
 def run(args, settings: Settings) -> int:
     endpoints = resolve(settings)
-    options = RebalanceOptions(trade_date=args.date, tolerance=args.tolerance, workers=args.workers)
+    options = RebalanceOptions(
+        trade_date=args.date,
+        tolerance=args.tolerance,
+        cash_buffer=args.cash_buffer,
+        workers=args.workers,
+    )
     print_report(rebalance(endpoints.dsn, options))
     return 0
