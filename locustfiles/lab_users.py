@@ -65,6 +65,8 @@ from workload.allocate.consumer import STRATEGIES  # noqa: E402
 from workload.db import RetryStats, open_pool  # noqa: E402
 from workload.errors import LabError  # noqa: E402
 from workload.loadtest import CONSUMER_SLOTS, MARKET_SHARDS, LoadOptions, Tally  # noqa: E402
+from workload.trade import Market, TradeOptions  # noqa: E402
+from workload.transaction_mix import load_accounts  # noqa: E402
 
 log = logging.getLogger("crdblab.locust")
 
@@ -176,7 +178,7 @@ class Lab:
         self._pool_lock = Semaphore()
         self._accounts: list | None = None
         self._names = itertools.count(1)
-        self._claims: dict[str, AsyncResult] = {}
+        self.pending_claims: dict[str, AsyncResult] = {}
         self.worker_tallies: dict[str, dict] = {}
         self.finals: set[str] = set()
 
@@ -282,8 +284,6 @@ class Lab:
             return self._pool
 
     def accounts(self) -> list:
-        from workload.transaction_mix import load_accounts
-
         if self._accounts is None:
             with self.pool().connection() as conn:
                 self._accounts = load_accounts(conn)
@@ -314,7 +314,7 @@ class Lab:
         if not self.is_worker:
             return self.ledger.claim(kind, holder), self.ledger.capacity(kind)
         key = uuid.uuid4().hex
-        answer = self._claims[key] = AsyncResult()
+        answer = self.pending_claims[key] = AsyncResult()
         self.runner.send_message(MSG_CLAIM, {"kind": kind, "holder": holder, "key": key})
         try:
             slot, capacity = answer.get(timeout=CLAIM_TIMEOUT)
@@ -322,7 +322,7 @@ class Lab:
             log.warning("%s: the master did not answer a %s claim", holder, kind)
             return None, 0
         finally:
-            self._claims.pop(key, None)
+            self.pending_claims.pop(key, None)
         return slot, capacity
 
     def release(self, kind: str, slot: int, holder: str) -> None:
@@ -536,7 +536,7 @@ def _on_claim(environment, msg, **_kwargs) -> None:
 
 
 def _on_claimed(environment, msg, **_kwargs) -> None:
-    waiting = LAB._claims.get(msg.data["key"])
+    waiting = LAB.pending_claims.get(msg.data["key"])
     if waiting is not None:
         waiting.set((msg.data["slot"], msg.data["capacity"]))
 
@@ -714,6 +714,7 @@ class _GroupMember:
         self.result: AsyncResult | None = None
         self.next_claim = 0.0
         self.warned = False
+        self.allocated_before = 0  # by this user's earlier consumers (one that failed)
 
     def step(self) -> None:
         if self.worker is None:
@@ -766,7 +767,7 @@ class _GroupMember:
             )
             tally.record(event)
         metrics = self.worker.metrics
-        tally.count_allocated(self.user.name, metrics.allocated)
+        tally.count_allocated(self.user.name, self.allocated_before + metrics.allocated)
         if metrics.lag is not None:
             tally.lag[self.user.name] = metrics.lag
 
@@ -787,6 +788,7 @@ class _GroupMember:
     def _finish(self) -> None:
         if self.result is not None and self.result.ready():
             self.lab.tally.consumer_finished(self.user.name, self.worker.metrics)
+        self.allocated_before += self.worker.metrics.allocated
         self.lab.release(CONSUMER_SLOTS, self.slot, self.user.name)
         self.worker, self.result, self.slot = None, None, None
 
@@ -795,8 +797,6 @@ class _MarketFeed:
     """A market user's shard of the open block orders and its pace."""
 
     def __init__(self, user: LabUser):
-        from workload.trade import Market, TradeOptions
-
         self.user, self.lab = user, user.lab
         self.slot, shards = self.lab.claim(MARKET_SHARDS, user.name)
         if self.slot is None:
