@@ -150,10 +150,15 @@ def test_the_statement_keeps_the_group_rules_of_rebalance():
 def test_allocating_one_execution_at_a_time_allocates_everything_once(traded_dsn):
     reset_allocations(traded_dsn)
     with psycopg.connect(traded_dsn, autocommit=True) as conn:
-        # Eight block orders' executions (busts and a replace among them) keep it short.
+        # A few block orders with busts, with replaces and with neither keep it short.
         conn.execute(
-            "DELETE FROM trades.executions WHERE block_order_id NOT IN (SELECT block_order_id "
-            "FROM orders.block_orders ORDER BY block_order_id LIMIT 8)"
+            "WITH kinds AS (SELECT block_order_id, bool_or(activity = 'bust') AS bust, "
+            "bool_or(activity = 'replace') AS replace FROM trades.executions GROUP BY 1), "
+            "keep AS ((SELECT block_order_id FROM kinds WHERE bust ORDER BY 1 LIMIT 3) UNION "
+            "(SELECT block_order_id FROM kinds WHERE replace ORDER BY 1 LIMIT 3) UNION "
+            "(SELECT block_order_id FROM kinds WHERE NOT bust AND NOT replace ORDER BY 1 "
+            "LIMIT 3)) "
+            "DELETE FROM trades.executions WHERE block_order_id NOT IN (SELECT * FROM keep)"
         )
         total, busts, replaces = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE activity = 'bust'), "

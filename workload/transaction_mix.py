@@ -40,7 +40,7 @@ from workload.allocate.store import AllocationStore, BatchOutcome
 from workload.db import RetryStats, run_transaction
 from workload.dialect import Dialect
 from workload.envelope import Execution
-from workload.rebalance import DEFAULT_TOLERANCE, REBALANCE_GROUP
+from workload.rebalance import REBALANCE_GROUP, RebalanceOptions
 
 
 def _order_lines_for_one_account() -> str:
@@ -135,6 +135,9 @@ SELECT {EXECUTION_COLUMNS} FROM trades.executions AS e
 """  # noqa: S608 (the columns are a constant)
 
 
+GROUP_DEFAULTS = RebalanceOptions()
+
+
 @dataclass(frozen=True)
 class Account:
     account_id: uuid.UUID
@@ -182,16 +185,18 @@ def rebalance_one_account(
     conn: psycopg.Connection,
     account: Account,
     day: date,
-    tolerance=DEFAULT_TOLERANCE,
+    options: RebalanceOptions = GROUP_DEFAULTS,
     stats: RetryStats | None = None,
 ) -> AccountRebalance:
-    """The account's orders for ``day`` (module doc), in one transaction."""
+    """The account's orders for ``day`` (module doc), in one transaction; ``options`` are
+    the group path's (tolerance, cash buffer; its date and workers do not apply)."""
     params = {
         "account": account.account_id,
         "manager": account.manager_id,
         "model": account.model_id,
         "day": day,
-        "tolerance": tolerance,
+        "tolerance": options.tolerance,
+        "buffer": options.cash_buffer,
     }
 
     def work(c: psycopg.Connection) -> AccountRebalance:
