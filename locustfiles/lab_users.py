@@ -499,10 +499,20 @@ def on_test_start(environment, **_kwargs) -> None:
 
 @events.spawning_complete.add_listener
 def on_spawning_complete(user_count, **_kwargs) -> None:
-    if not LAB.is_worker:
-        # What was asked for, counted now: a run shorter than a worker report has no other.
-        LAB.note_users(getattr(LAB.runner, "target_user_classes_count", None) or {})
-        LAB.note_users(LAB.user_counts())
+    if LAB.is_worker or LAB.options is None:
+        return
+    # What was asked for, counted now: a run shorter than a worker report has no other.
+    asked = getattr(LAB.runner, "target_user_classes_count", None) or {}
+    LAB.note_users(asked)
+    LAB.note_users(LAB.user_counts())
+    kinds = LAB.user_kinds()
+    markets = sum(count for name, count in asked.items() if kinds.get(name) == "market")
+    if 0 < markets < LAB.options.market_shards:
+        log.warning(
+            "%d market user(s) for %d shards: the block orders of the other shards get no "
+            "executions; set --market-shards %d to trade them all",
+            markets, LAB.options.market_shards, markets,
+        )  # fmt: skip
 
 
 @events.test_stop.add_listener
