@@ -27,6 +27,7 @@ from confluent_kafka import Producer
 
 from workload import schema, seed
 from workload.allocate import STRATEGIES, AllocatorOptions, RunOptions, run_allocation
+from workload.allocate.store import reset_allocations
 from workload.dialect import detect
 from workload.embedded import EmbeddedStack
 from workload.envelope import HLC, Execution, encode_change
@@ -34,11 +35,6 @@ from workload.rebalance import rebalance
 from workload.topics import TopicSpec, ensure_topics
 from workload.trade import TradeOptions, run_bulk
 from workload.verify import run_checks
-
-ALLOCATION_TABLES = (
-    "allocations.fills, allocations.block_fills, allocations.snapshots, "
-    "allocations.account_allocations, allocations.oms_outbox"
-)
 
 
 def main() -> int:
@@ -84,7 +80,7 @@ def main() -> int:
         for strategy in args.strategies.split(","):
             for consumers in counts:
                 with psycopg.connect(info.dsn, autocommit=True) as conn:
-                    conn.execute(f"TRUNCATE {ALLOCATION_TABLES}")
+                    reset_allocations(conn)
                     conn.execute("CHECKPOINT")
                 options = AllocatorOptions(
                     strategy=strategy,

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
+from workload.allocate import store
 from workload.envelope import HLC, Execution, encode_change
 from workload.rebalance import rebalance
 from workload.topics import TopicSpec, ensure_topics
@@ -18,10 +19,6 @@ from workload.trade import TradeOptions, run_bulk
 EXECUTION_QUERY = (
     "SELECT execution_id, block_order_id, seq, activity, quantity, price, ref_execution_id, "
     "order_type, destination, executed_at FROM trades.executions ORDER BY executed_at, seq"
-)
-ALLOCATION_TABLES = (
-    "allocations.fills, allocations.block_fills, allocations.snapshots, "
-    "allocations.account_allocations, allocations.oms_outbox"
 )
 _topics = itertools.count(1)
 
@@ -68,7 +65,7 @@ def state_digest(dsn: str) -> tuple:
 
 def reset_allocations(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {ALLOCATION_TABLES}")
+        store.reset_allocations(conn)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import psycopg
+from psycopg import sql
 
 from workload.dialect import Dialect
 from workload.envelope import Execution
@@ -116,6 +117,19 @@ ON CONFLICT (block_order_id) DO NOTHING
 
 ALLOCATION_COLUMNS = ("block_order_id", "account_id", "quantity", "price", "snapshot_seq")
 ALLOCATION_TYPES = ("uuid", "uuid", "int8", "numeric", "int8")
+
+
+ALLOCATION_TABLES = ("fills", "block_fills", "snapshots", "account_allocations", "oms_outbox")
+
+
+def reset_allocations(conn: psycopg.Connection) -> None:
+    """Empty what allocation writes, so the same executions can be allocated again (the
+    demo and the benchmarks compare strategies on the same data this way)."""
+    conn.execute(
+        sql.SQL("TRUNCATE {}").format(
+            sql.SQL(", ").join(sql.Identifier("allocations", t) for t in ALLOCATION_TABLES)
+        )
+    )
 
 
 @dataclass(frozen=True)

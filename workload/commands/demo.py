@@ -9,6 +9,7 @@ import uuid
 from workload import cdc, schema
 from workload.allocate import STRATEGIES, AllocatorOptions, RunOptions, run_allocation
 from workload.allocate.recording import record_allocation
+from workload.allocate.store import reset_allocations
 from workload.booking import BookingOptions, run_booking
 from workload.booking import print_report as print_booking
 from workload.commands.allocate import print_report as print_allocation
@@ -28,11 +29,6 @@ from workload.trade import TradeOptions, run_bulk
 from workload.verify import run_checks
 
 ORDER = 90
-
-ALLOCATION_TABLES = (
-    "allocations.fills, allocations.block_fills, allocations.snapshots, "
-    "allocations.account_allocations, allocations.oms_outbox"
-)
 
 
 def register(commands, common) -> None:
@@ -119,7 +115,7 @@ def _flow(endpoints: Endpoints, scale, settings: Settings, args, strategies, sta
         for strategy in strategies:
             print(f"-- allocate (phase ii), strategy {strategy}, {args.consumers} consumers")
             with connect(dsn) as conn:
-                conn.execute(f"TRUNCATE {ALLOCATION_TABLES}")
+                reset_allocations(conn)
             options = AllocatorOptions(
                 strategy=strategy,
                 consumers=args.consumers,
