@@ -212,6 +212,9 @@ def locust_command(
         "--config-users", json.dumps(fixed),
         "--strategy", config.strategy, "--topic", topic, "--group", group,
         "--market-rate", f"{options.market_rate:g}",
+        # One shard of the open block orders per market user: with more shards than users,
+        # the other shards' block orders would never trade.
+        "--market-shards", str(options.users),
         "--results-dir", str(options.results_dir), "--only-summary",
     ]  # fmt: skip
     if config.batch_size is not None:
