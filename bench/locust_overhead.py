@@ -37,6 +37,7 @@ from confluent_kafka import Producer  # noqa: E402
 
 from workload import schema, seed  # noqa: E402
 from workload.allocate import STRATEGIES, AllocatorOptions, RunOptions, run_allocation  # noqa: E402
+from workload.allocate.store import reset_allocations  # noqa: E402
 from workload.dialect import detect  # noqa: E402
 from workload.embedded import EmbeddedStack  # noqa: E402
 from workload.envelope import HLC, Execution, encode_change  # noqa: E402
@@ -55,10 +56,6 @@ EXECUTIONS = (
 # pause. The rates count from the first message to the last commit: the wait does not
 # dilute them.
 IDLE = 5.0
-ALLOCATION_TABLES = (
-    "allocations.fills, allocations.block_fills, allocations.snapshots, "
-    "allocations.account_allocations, allocations.oms_outbox"
-)
 
 
 def prepare(dsn: str, scale: str) -> None:
@@ -91,7 +88,7 @@ def fresh_topic(bootstrap: str, partitions: int, items: list[Execution]) -> str:
 
 def empty_allocations(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {ALLOCATION_TABLES}")
+        reset_allocations(conn)
         conn.execute("VACUUM ANALYZE allocations.fills")
 
 
