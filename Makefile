@@ -31,8 +31,8 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP) ## benchmark scripts (print numbers; see docs/benchmarks.md)
-	$(PY) bench/seed_speed.py $(ARGS)
+bench: $(STAMP) ## every benchmark script in turn (long: tens of minutes; see docs/benchmarks.md)
+	for script in bench/*.py; do echo "== $$script"; $(PY) $$script $(ARGS) || exit 1; done
 
 down: $(STAMP) ## stop the embedded stack of the default run directory
 	$(PY) -m workload down
