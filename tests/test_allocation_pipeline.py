@@ -175,7 +175,7 @@ def test_a_consumer_killed_mid_run_and_restarted_ends_identical(lab_stack, trade
         sys.executable, "-m", "workload", "allocate", "--dsn", traded_dsn,
         "--kafka-bootstrap", lab_stack.kafka_bootstrap, "--topic", topic,
         "--group", f"killed-{uuid.uuid4().hex[:6]}", "--strategy", "per-execution",
-        "--until-idle", "2s",
+        "--until-idle", "2s", "--no-record",  # tests write nothing into the working tree
     ]  # fmt: skip
     victim = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

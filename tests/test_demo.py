@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_demo_prints_its_summary_and_stops_what_it_started(stack_dir):
     run_dir = stack_dir
-    result = run_cli("demo", "--scale", "small", "--run-dir", str(run_dir))
+    result = run_cli("demo", "--scale", "small", "--run-dir", str(run_dir), cwd=run_dir.parent)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "== demo on postgresql://" in out
@@ -21,7 +21,9 @@ def test_demo_prints_its_summary_and_stops_what_it_started(stack_dir):
 def test_demo_keep_leaves_the_stack_up(stack_dir):
     run_dir = stack_dir
     try:
-        result = run_cli("demo", "--scale", "small", "--keep", "--run-dir", str(run_dir))
+        result = run_cli(
+            "demo", "--scale", "small", "--keep", "--run-dir", str(run_dir), cwd=run_dir.parent
+        )
         assert result.returncode == 0, result.stderr
         assert "python -m workload down" in result.stdout
         status = run_cli("status", "--run-dir", str(run_dir))

@@ -178,7 +178,7 @@ def test_ctrl_c_during_a_command_stops_what_it_started(stack_dir):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=REPO,
+        cwd=run_dir.parent,  # the demo writes its run records under its working directory
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and EmbeddedStack(run_dir).find() is None:
