@@ -158,9 +158,8 @@ def run_allocation(
         while not stop.is_set():
             time.sleep(0.25)
             now = time.monotonic()
-            total = merge_metrics([c.metrics for c in consumers])
             if on_progress is not None:
-                on_progress(total)
+                on_progress(merge_metrics([c.metrics for c in consumers]))
             if run.max_seconds is not None and now - started >= run.max_seconds:
                 break
             if run.until_idle is not None and _drained(consumers, now, run.until_idle):
