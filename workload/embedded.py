@@ -290,7 +290,9 @@ class PostgresServer:
         except psutil.Error:
             return None
 
-    def start(self) -> ProcessRecord:
+    def start(self, fixed_port: int | None = None) -> ProcessRecord:
+        """Start the server (initialising PGDATA first if needed) on ``fixed_port``, or on a
+        free port; a given port lets a stopped server come back where its clients look for it."""
         self.home.mkdir(parents=True, exist_ok=True)
         self._prepare_permissions()
         if not (self.data / "PG_VERSION").exists():
@@ -303,8 +305,8 @@ class PostgresServer:
                 raise LabError(f"initdb failed in {self.data}: {result.stderr.strip()[-3000:]}")
         self._remove_stale_pid_file()
         last_error = ""
-        for _attempt in range(3):
-            port = free_port()
+        for _attempt in range(1 if fixed_port else 3):
+            port = fixed_port or free_port()
             self._write_config(port)
             result = self._run(
                 ["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start"]
@@ -409,12 +411,13 @@ class KafkaBroker:
                 "(`make setup`) or set CALF_TANSU_BIN"
             ) from None
 
-    def start(self) -> ProcessRecord:
+    def start(self, fixed_port: int | None = None) -> ProcessRecord:
+        """Start the broker on ``fixed_port``, or on a free port (it starts empty either way)."""
         self.home.mkdir(parents=True, exist_ok=True)
         binary = self.binary()
         last = ""
-        for _attempt in range(3):
-            port = free_port()
+        for _attempt in range(1 if fixed_port else 3):
+            port = fixed_port or free_port()
             url = f"tcp://127.0.0.1:{port}"
             with open(self.log, "ab") as log:
                 proc = subprocess.Popen(
