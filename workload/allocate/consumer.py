@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -51,6 +52,11 @@ log = logging.getLogger("workload.allocate")
 STRATEGIES = ("block", "per-execution", "micro-batch")
 DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024  # bytes of the original payload kept in a dead letter
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+# The pool has a connection per consumer, so taking one never waits in normal operation;
+# waiting this long means the pool cannot reconnect: an outage, to be counted and logged.
+CONNECTION_WAIT = 2.0
+
+T = TypeVar("T")
 
 TransactionHook = Callable[[str, int, float, BaseException | None], None]
 """Called after every allocation transaction: (strategy, executions, seconds, error)."""
@@ -84,6 +90,8 @@ class ConsumerMetrics:
     duplicates: int = 0
     transactions: int = 0
     failed_transactions: int = 0
+    database_outages: int = 0  # times the database went away under this consumer
+    outage_seconds: float = 0.0  # time spent waiting for it to come back
     snapshots: int = 0
     completed_blocks: int = 0
     resolved: int = 0  # resolved (watermark) messages read
@@ -98,6 +106,8 @@ class ConsumerMetrics:
     assigned: bool = False
     assigned_at: float | None = None  # monotonic time of the latest partition assignment
     caught_up: bool = False  # every assigned partition had a watermark after its last data
+    outage_since: float | None = None  # monotonic; set while the database is unreachable
+    outage_ended_at: float | None = None
 
 
 class AllocationConsumer:
@@ -266,39 +276,73 @@ class AllocationConsumer:
         """One allocation transaction for ``items``; retried until the database answers."""
         executions = [p.execution for p in items]
         by_id = {p.execution.execution_id: p for p in items}
+        started = time.perf_counter()
+
+        def apply(conn: psycopg.Connection) -> BatchOutcome:
+            nonlocal started
+            started = time.perf_counter()
+            return run_transaction(
+                conn, lambda c: self.store.apply(c, executions), stats=self.metrics.retries
+            )
+
+        def failed(exc: BaseException) -> None:
+            self._hook(len(items), time.perf_counter() - started, exc)
+            self.metrics.failed_transactions += 1
+
+        try:
+            outcome = self._with_database(apply, on_failure=failed)
+        except BaseException as exc:
+            if not isinstance(exc, psycopg.OperationalError | PoolTimeout):
+                failed(exc)
+            raise
+        seconds = time.perf_counter() - started
+        self._record(outcome, seconds, by_id)
+        self._hook(len(items), seconds, None)
+
+    def _with_database(
+        self,
+        work: Callable[[psycopg.Connection], T],
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> T:
+        """``work`` on a pooled connection, waiting out a database outage.
+
+        When the server goes away (a restart, the network) nothing of ``work`` was committed,
+        or, if the connection broke during COMMIT, the effect is idempotent anyway: the same
+        work runs again once the server is back. No offset moves meanwhile (offsets are only
+        committed after this returns). Kept trying while the run goes on; given up soon once
+        it is asked to stop. Each outage is logged once when it starts and once when it ends,
+        and counted in the metrics.
+        """
         attempt = 0
         while True:
-            started = time.perf_counter()
             try:
-                with self.pool.connection() as conn:
-                    outcome = run_transaction(
-                        conn,
-                        lambda c: self.store.apply(c, executions),
-                        stats=self.metrics.retries,
-                    )
+                with self.pool.connection(timeout=CONNECTION_WAIT) as conn:
+                    result = work(conn)
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                # The server went away (restart, network): nothing was committed; the same
-                # executions are applied again once it is back, which is safe. Keep trying
-                # while the run goes on; give up soon once it is asked to stop.
-                self._hook(len(items), time.perf_counter() - started, exc)
-                self.metrics.failed_transactions += 1
+                if on_failure is not None:
+                    on_failure(exc)
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                m = self.metrics
+                if m.outage_since is None:
+                    m.outage_since = time.monotonic()
+                    m.database_outages += 1
+                    log.warning("%s: database unavailable (%s); waiting for it, offsets held",
+                                self.name, reason)  # fmt: skip
                 if self.stop.is_set() and attempt >= 3:
                     raise
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 attempt += 1
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-                log.warning("%s: database unavailable (%s); retrying in %.1f s",
-                            self.name, reason, delay)  # fmt: skip
+                log.info("%s: database still unavailable (%s); retrying in %.1f s",
+                         self.name, reason, delay)  # fmt: skip
                 time.sleep(delay)
                 continue
-            except BaseException as exc:
-                self._hook(len(items), time.perf_counter() - started, exc)
-                self.metrics.failed_transactions += 1
-                raise
-            seconds = time.perf_counter() - started
-            self._record(outcome, seconds, by_id)
-            self._hook(len(items), seconds, None)
-            return
+            m = self.metrics
+            if m.outage_since is not None:
+                down = time.monotonic() - m.outage_since
+                m.outage_seconds += down
+                m.outage_since, m.outage_ended_at = None, time.monotonic()
+                log.warning("%s: database back after %.1f s; allocating again", self.name, down)
+            return result
 
     def _record(self, outcome: BatchOutcome, seconds: float, by_id: dict) -> None:
         m = self.metrics
@@ -441,7 +485,7 @@ class AllocationConsumer:
     def _block_buffer(self, block_id: uuid.UUID) -> _BlockBuffer:
         buf = self._blocks.get(block_id)
         if buf is None:
-            buf = _BlockBuffer.load(self.pool, block_id)
+            buf = self._with_database(lambda conn: _BlockBuffer.load(conn, block_id))
             self._blocks[block_id] = buf
         return buf
 
@@ -472,20 +516,19 @@ class _BlockBuffer:
     items: list[_Pending] = field(default_factory=list)
 
     @classmethod
-    def load(cls, pool: ConnectionPool, block_id: uuid.UUID) -> _BlockBuffer:
-        with pool.connection() as conn:
-            row = conn.execute(
-                "SELECT applied_seq, filled_quantity, order_quantity, status = 'complete' "
-                "FROM allocations.block_fills WHERE block_order_id = %s",
+    def load(cls, conn: psycopg.Connection, block_id: uuid.UUID) -> _BlockBuffer:
+        row = conn.execute(
+            "SELECT applied_seq, filled_quantity, order_quantity, status = 'complete' "
+            "FROM allocations.block_fills WHERE block_order_id = %s",
+            (block_id,),
+        ).fetchone()
+        if row is None:
+            found = conn.execute(
+                "SELECT quantity FROM orders.block_orders WHERE block_order_id = %s",
                 (block_id,),
             ).fetchone()
-            if row is None:
-                found = conn.execute(
-                    "SELECT quantity FROM orders.block_orders WHERE block_order_id = %s",
-                    (block_id,),
-                ).fetchone()
-                # An unknown block order: flush it at once so the store dead-letters it.
-                row = (0, 0, found[0], False) if found else (0, 0, 0, True)
+            # An unknown block order: flush it at once so the store dead-letters it.
+            row = (0, 0, found[0], False) if found else (0, 0, 0, True)
         return cls(block_id, *row)
 
     @property
@@ -544,7 +587,7 @@ def _describe_fill(fill: FillRow | Execution | None) -> bytes | None:
 
 COUNTERS = (
     "allocated", "received", "duplicates", "transactions", "failed_transactions", "snapshots",
-    "completed_blocks", "resolved",
+    "completed_blocks", "resolved", "database_outages", "outage_seconds",
 )  # fmt: skip
 
 
@@ -568,6 +611,9 @@ def merge_metrics(parts: list[ConsumerMetrics]) -> ConsumerMetrics:
             values = [v for v in (getattr(total, name), getattr(m, name)) if v is not None]
             setattr(total, name, pick(values) if values else None)
         total.assigned = total.assigned or m.assigned
+        if m.outage_since is not None:
+            since = total.outage_since
+            total.outage_since = m.outage_since if since is None else min(since, m.outage_since)
     return total
 
 

@@ -83,6 +83,8 @@ class AllocationReport:
             "active_seconds": round(self.active_seconds, 3),
             "transactions": t.transactions,
             "failed_transactions": t.failed_transactions,
+            "database_outages": t.database_outages,
+            "outage_seconds": round(t.outage_seconds, 3),
             "snapshots": t.snapshots,
             "completed_blocks": t.completed_blocks,
             "txn_latency_ms": t.txn_latency.summary(),
@@ -185,15 +187,18 @@ def run_allocation(
 
 
 def _drained(consumers: list[AllocationConsumer], now: float, idle: float) -> bool:
-    """Every consumer has joined, is caught up (nothing left to read, or a watermark after
-    its last execution on every partition: a live source keeps sending watermarks), and has
-    read no execution for ``idle`` seconds (counted from the last one, or from the join)."""
+    """Every consumer has joined, is not waiting out a database outage, is caught up (nothing
+    left to read, or a watermark after its last execution on every partition: a live source
+    keeps sending watermarks), and has read no execution for ``idle`` seconds (counted from
+    the last one, the join, or the end of the last outage)."""
     quiet_since = 0.0
     for c in consumers:
         m = c.metrics
-        if m.assigned_at is None:
-            return False
+        if m.assigned_at is None or m.outage_since is not None:
+            return False  # not joined yet, or waiting for the database with work in hand
         if not (m.lag == 0 or m.caught_up):
             return False
-        quiet_since = max(quiet_since, m.assigned_at, m.last_message_at or 0.0)
+        quiet_since = max(
+            quiet_since, m.assigned_at, m.last_message_at or 0.0, m.outage_ended_at or 0.0
+        )
     return now - quiet_since >= idle
