@@ -249,7 +249,8 @@ class OwnConnection:
         self._conn: psycopg.Connection | None = None
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """``timeout`` is the pool's wait for a free connection: this one never waits."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
             self._conn = ThreadConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
