@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -56,8 +57,13 @@ def lab_stack() -> StackInfo:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def database_url(dsn: str, name: str) -> str:
+    """``dsn`` pointing at database ``name``, its parameters (the password file) kept."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
 def _admin_url(dsn: str) -> str:
-    return dsn.rsplit("/", 1)[0] + "/postgres"
+    return database_url(dsn, "postgres")
 
 
 @pytest.fixture
@@ -71,7 +77,7 @@ def new_database(lab_stack):
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         names.append(name)
-        return admin.rsplit("/", 1)[0] + f"/{name}"
+        return database_url(admin, name)
 
     yield create
     with psycopg.connect(admin, autocommit=True) as conn:

@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 from collections import defaultdict
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -181,7 +182,7 @@ def test_a_clean_stop_advances_the_slot_and_the_next_run_repeats_nothing(cdc_tar
 def test_the_relay_reconnects_when_its_database_session_is_killed(cdc_target):
     first = make_executions(30, block_orders=3, rng=random.Random(9))
     second = make_executions(30, block_orders=3, rng=random.Random(10))
-    database = cdc_target.dsn.rsplit("/", 1)[1]
+    database = urlsplit(cdc_target.dsn).path.lstrip("/")
     with relay_thread(cdc_target) as relay, topic_reader(cdc_target) as reader:
         insert(cdc_target.dsn, first, per_transaction=10)
         reader.read_until(changes_at_least(30), "the first executions")

@@ -62,6 +62,13 @@ def common_options() -> dict[str, argparse.ArgumentParser]:
         help="JSON written by `pulumi stack output --json --show-secrets`; fills the database "
         "URL, Kafka bootstrap and topology [env LAB_STACK_OUTPUTS]",
     )
+    group.add_argument(
+        "--service-roles",
+        choices=("on", "off"),
+        help="on (default): each service connects as its own least-privilege SQL role "
+        "(lab_seeder, lab_allocator, ...), created by `schema create`; off: every command "
+        "connects as the database URL's user" + _env_note("service_roles"),
+    )
 
     data = argparse.ArgumentParser(add_help=False)
     group = data.add_argument_group("data")

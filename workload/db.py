@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool
 
 from workload.dialect import Dialect, detect
 from workload.errors import LabError
+from workload.roles import explain_connect_error
 from workload.settings import redact_url
 
 T = TypeVar("T")
@@ -42,7 +43,8 @@ def connect(url: str, *, autocommit: bool = True, timeout: int = 10) -> psycopg.
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=timeout)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise LabError(f"cannot connect to {redact_url(url)}: {reason}; {CONNECT_HINT}") from None
+        hint = explain_connect_error(str(exc)) or CONNECT_HINT
+        raise LabError(f"cannot connect to {redact_url(url)}: {reason}; {hint}") from None
     except psycopg.ProgrammingError as exc:
         raise LabError(f"bad database URL {redact_url(url)}: {exc}") from None
 

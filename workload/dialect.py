@@ -357,3 +357,125 @@ def is_active_job_status(status: str) -> bool:
 def cancel_job(dialect: Dialect, job_id: int) -> sql.Composed:
     _require_crdb(dialect, "CANCEL JOB")
     return sql.SQL("CANCEL JOB {}").format(sql.Literal(int(job_id)))
+
+
+# ============================================================================================
+# Roles and grants: one login role per service (workload.roles says who gets what)
+# ============================================================================================
+# PostgreSQL: roles are cluster-wide, grants per database; a domain is a schema, so a grant is
+# USAGE on the schema plus privileges ON ALL TABLES IN SCHEMA (the tables exist: `schema
+# create` grants after creating them). Logical decoding needs the REPLICATION attribute;
+# ANALYZE by a non-owner needs MAINTAIN (PostgreSQL 17+).
+# CockroachDB: a domain is a database: CONNECT on it plus privileges ON TABLE db.* ("GRANT",
+# "CREATE ROLE ... WITH LOGIN"); CREATE CHANGEFEED needs the CHANGEFEED privilege on the
+# table. An insecure cluster takes no passwords ("ALTER ROLE": setting a password is not
+# supported in insecure mode), so a role gets one only when one is given.
+# Passwords only ever travel as sql.Literal, never as text in the statement.
+
+ACCESS_PRIVILEGES = {
+    "read": ("SELECT",),
+    "write": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+}
+
+
+def role_exists_query(dialect: Dialect) -> sql.SQL:
+    if dialect.is_cockroachdb:
+        return sql.SQL("SELECT 1 FROM [SHOW ROLES] WHERE username = %s")
+    return sql.SQL("SELECT 1 FROM pg_roles WHERE rolname = %s")
+
+
+def _pg_major(dialect: Dialect) -> int:
+    found = re.search(r"PostgreSQL (\d+)", dialect.version)
+    return int(found.group(1)) if found else 0
+
+
+def create_role(
+    dialect: Dialect, role: str, *, exists: bool, replication: bool, password: str | None
+) -> list[sql.Composed]:
+    """Create the login role, or bring an existing one's attributes (and password, if given)
+    up to date."""
+    ident = sql.Identifier(role)
+    options = [sql.SQL("LOGIN")]
+    if not dialect.is_cockroachdb:
+        options.append(sql.SQL("REPLICATION" if replication else "NOREPLICATION"))
+    if password is not None:
+        options.append(sql.SQL("PASSWORD {}").format(sql.Literal(password)))
+    verb = sql.SQL("ALTER ROLE {} WITH {}" if exists else "CREATE ROLE {} WITH {}")
+    return [verb.format(ident, sql.SQL(" ").join(options))]
+
+
+def grant_domain(
+    dialect: Dialect, domain: str, role: str, access: str | None, *, maintain: bool = False
+) -> list[sql.Composed]:
+    """Revoke whatever ``role`` held on ``domain``'s tables, then grant ``access`` ("read",
+    "write", or None for nothing): running it again converges on exactly the wanted grants."""
+    ident, who = sql.Identifier(domain), sql.Identifier(role)
+    privileges = list(ACCESS_PRIVILEGES[access]) if access else []
+    if dialect.is_cockroachdb:
+        tables = sql.SQL("{}.*").format(ident)
+        statements = [sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(tables, who)]
+        if not privileges:
+            return [
+                *statements,
+                sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(ident, who),
+            ]
+        return [
+            *statements,
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(ident, who),
+            sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                sql.SQL(", ").join(map(sql.SQL, privileges)), tables, who
+            ),
+        ]
+    if maintain and privileges and _pg_major(dialect) >= 17:
+        privileges.append("MAINTAIN")
+    statements = [
+        sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(ident, who),
+        sql.SQL("{} USAGE ON SCHEMA {} {} {}").format(
+            sql.SQL("GRANT" if privileges else "REVOKE"),
+            ident,
+            sql.SQL("TO" if privileges else "FROM"),
+            who,
+        ),
+    ]
+    if privileges:
+        statements.append(
+            sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(
+                sql.SQL(", ").join(map(sql.SQL, privileges)), ident, who
+            )
+        )
+    return statements
+
+
+def grant_table(
+    dialect: Dialect, qualified: str, role: str, privileges: Sequence[str]
+) -> list[sql.Composed]:
+    """One table's privileges on top of a domain's (say, UPDATE to lock rows FOR UPDATE)."""
+    return [
+        sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+            sql.SQL(", ").join(map(sql.SQL, privileges)),
+            sql.Identifier(*qualified.split(".")),
+            sql.Identifier(role),
+        )
+    ]
+
+
+def grant_changefeed(
+    dialect: Dialect, role: str, table: tuple[str, str] = CHANGEFEED_TABLE
+) -> list[sql.Composed]:
+    """CockroachDB's CHANGEFEED privilege on the CDC source; PostgreSQL's relay needs the
+    REPLICATION attribute instead (see :func:`create_role`)."""
+    if not dialect.is_cockroachdb:
+        return []
+    return [
+        sql.SQL("GRANT CHANGEFEED ON TABLE {} TO {}").format(
+            sql.Identifier(*table), sql.Identifier(role)
+        )
+    ]
+
+
+def roles_lock(dialect: Dialect) -> sql.SQL | None:
+    """Serialises concurrent `schema create` runs: PostgreSQL's catalog refuses two sessions
+    creating the same role at once. CockroachDB's transactions serialise on their own."""
+    if dialect.is_cockroachdb:
+        return None
+    return sql.SQL("SELECT pg_advisory_xact_lock(hashtext('crdblab roles'))")

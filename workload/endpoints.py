@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workload import roles
 from workload.embedded import EmbeddedStack
 from workload.errors import LabError
 from workload.settings import Settings
@@ -14,9 +15,19 @@ EMBEDDED_TOPOLOGY = "embedded-postgres"
 @dataclass(frozen=True)
 class Endpoints:
     dsn: str
+    """The admin URL: DDL, resets, CDC set-up. Services connect with :meth:`url_for`."""
     kafka_bootstrap: str | None
     topology: str
     embedded: bool
+    service_roles: bool = True
+
+    def url_for(self, service: str) -> str:
+        """The URL ``service`` (a name in ``workload.roles.SERVICES``, or "admin") connects
+        with: its own least-privilege role on the same server and database, unless service
+        roles are off."""
+        if not self.service_roles:
+            return self.dsn
+        return roles.service_url(self.dsn, service)
 
 
 def resolve(settings: Settings, *, need_kafka: bool = False) -> Endpoints:
@@ -33,6 +44,7 @@ def resolve(settings: Settings, *, need_kafka: bool = False) -> Endpoints:
             kafka_bootstrap=settings.kafka_bootstrap,
             topology=settings.topology or "custom",
             embedded=False,
+            service_roles=settings.service_roles,
         )
     found = EmbeddedStack(settings.run_dir).find()
     if found is None:
@@ -45,4 +57,5 @@ def resolve(settings: Settings, *, need_kafka: bool = False) -> Endpoints:
         kafka_bootstrap=settings.kafka_bootstrap or found.kafka_bootstrap,
         topology=settings.topology or EMBEDDED_TOPOLOGY,
         embedded=True,
+        service_roles=settings.service_roles,
     )

@@ -17,6 +17,7 @@ import contextlib
 import psycopg
 from psycopg import sql
 
+from workload import roles
 from workload.dialect import OWNER_MARK, Dialect, Index, Table
 from workload.errors import LabError
 
@@ -475,13 +476,17 @@ def _refuse_foreign(conn: psycopg.Connection, dialect: Dialect) -> None:
         )
 
 
-def create(conn: psycopg.Connection, dialect: Dialect) -> int:
-    """Create every domain and table that is missing; returns how many statements ran."""
+def create(conn: psycopg.Connection, dialect: Dialect, *, service_roles: bool = True) -> int:
+    """Create every domain and table that is missing, then (unless ``service_roles`` is off)
+    the services' roles and their grants (``workload.roles``); returns how many table
+    statements ran."""
     _refuse_foreign(conn, dialect)
     statements = render_create(dialect)
     with conn.transaction() if dialect.transactional_ddl else contextlib.nullcontext():
         for statement in statements:
             conn.execute(statement)
+    if service_roles:
+        roles.ensure(conn, dialect)
     return len(statements)
 
 

@@ -62,6 +62,17 @@ def _parse_bootstrap(value: Any) -> str:
     return text
 
 
+def _parse_on_off(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ValueError("is neither on nor off")
+
+
 def _parse_dsn(value: Any) -> str:
     text = _parse_nonempty(value)
     if not (text.startswith(("postgresql://", "postgres://")) or "=" in text):
@@ -95,6 +106,13 @@ KNOBS: tuple[Knob, ...] = (
     Knob("run_dir", "LAB_RUN_DIR", lambda v: Path(_parse_nonempty(v)), None, "run directory"),
     Knob("scale", "LAB_SCALE", _parse_scale, None, "data scale"),
     Knob("seed", "LAB_SEED", _parse_int, None, "random seed"),
+    Knob(
+        "service_roles",
+        "LAB_SERVICE_ROLES",
+        _parse_on_off,
+        None,
+        "connect as one SQL role per service (on|off)",
+    ),
 )
 KNOBS_BY_NAME = {knob.name: knob for knob in KNOBS}
 STACK_OUTPUTS_ENV = "LAB_STACK_OUTPUTS"
@@ -114,6 +132,9 @@ class Settings:
     run_dir: Path = Path(".lab")
     scale: str = "medium"
     seed: int = 42
+    # Each service connects as its own least-privilege role (workload.roles); off: every
+    # command uses the database URL's own user, for servers where the roles were not created.
+    service_roles: bool = True
     stack_outputs: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -19,6 +19,7 @@ Each takes an optional :class:`CdcOptions` (topic, partitions, slot, relay tunin
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +110,7 @@ def start(endpoints: Endpoints, settings: Settings, options: CdcOptions | None =
             "LAB_DSN": settings.dsn,
             "LAB_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
             "LAB_STACK_OUTPUTS": None,
+            "LAB_SERVICE_ROLES": "on" if settings.service_roles else "off",
         }
         record = process.spawn(settings.run_dir, relay_arguments(options), env)
     return {
@@ -226,6 +228,13 @@ def _fixed(url: str) -> Callable[[], str]:
     return lambda: url
 
 
+def _as_service(endpoints: Endpoints, admin_url: Callable[[], str], name: str):
+    def current() -> str:
+        return dataclasses.replace(endpoints, dsn=admin_url()).url_for(name)
+
+    return current
+
+
 def _stack_url(run_dir: Path, name: str, down: type[Exception]) -> Callable[[], str]:
     """The current URL of an embedded server, looked up at each call: ``up`` restarts a
     crashed server on a new port."""
@@ -262,10 +271,14 @@ def run_relay(
             )
         slots.setup(conn, options.slot)
     topics.ensure_topics(bootstrap, options.topics, timeout=options.kafka_timeout)
-    database_url = _fixed(endpoints.dsn)
+    # The slot and publication are set up above with the admin URL; the relay itself only
+    # decodes, as the cdc_relay role (REPLICATION, SELECT on trades).
+    database_url = _fixed(endpoints.url_for("cdc_relay"))
     kafka_bootstrap = _fixed(bootstrap)
     if endpoints.embedded and settings.dsn is None:
-        database_url = _stack_url(settings.run_dir, "postgres", DatabaseDown)
+        database_url = _as_service(
+            endpoints, _stack_url(settings.run_dir, "postgres", DatabaseDown), "cdc_relay"
+        )
     if endpoints.embedded and settings.kafka_bootstrap is None:
         kafka_bootstrap = _stack_url(settings.run_dir, "kafka", BrokerDown)
     config = RelayConfig(

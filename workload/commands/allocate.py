@@ -119,7 +119,7 @@ def run(args, settings: Settings) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     endpoints = resolve(settings, need_kafka=True)
     report = run_allocation(
-        endpoints.dsn,
+        endpoints.url_for("allocator"),
         endpoints.kafka_bootstrap,
         options_from(args),
         RunOptions(

@@ -112,7 +112,7 @@ def run(args, settings: Settings) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        report = run_booking(endpoints.dsn, endpoints.kafka_bootstrap, options, stop)
+        report = run_booking(endpoints.url_for("booker"), endpoints.kafka_bootstrap, options, stop)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

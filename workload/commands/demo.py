@@ -73,6 +73,7 @@ def run(args, settings: Settings) -> int:
             kafka_bootstrap=info.kafka_bootstrap,
             topology=settings.topology or EMBEDDED_TOPOLOGY,
             embedded=True,
+            service_roles=settings.service_roles,
         )
         code = _flow(endpoints, scale, settings, args, strategies, started)
         if args.keep:
@@ -89,21 +90,23 @@ def _flow(endpoints: Endpoints, scale, settings: Settings, args, strategies, sta
         dialect = detect(conn)
         cdc.stop(endpoints, settings, drop_slot=True)  # a previous demo's relay and slot
         dropped = schema.drop(conn, dialect)
-        schema.create(conn, dialect)
+        schema.create(conn, dialect, service_roles=settings.service_roles)
     print(
         f"-- schema: {len(schema.TABLES)} tables in {len(schema.DOMAINS)} domains on "
         f"{dialect.server_name}" + (" (previous demo data dropped)" if dropped else "")
     )
     print("-- seed")
-    print_report(seed_database(dsn, scale, settings.seed))
+    print_report(seed_database(endpoints.url_for("seeder"), scale, settings.seed))
     print("-- rebalance (phase i): drift at the open -> customer and block orders")
-    print_rebalance(rebalance(dsn, RebalanceOptions(workers=default_workers())))
+    print_rebalance(
+        rebalance(endpoints.url_for("rebalancer"), RebalanceOptions(workers=default_workers()))
+    )
 
     print("-- CDC: executions -> Kafka topic, partitioned by block order")
     cdc.start(endpoints, settings)
     try:
         print("-- trade: executions against the block orders (execute, bust, replace)")
-        with connect(dsn) as conn, TableProgress(unit="shares") as progress:
+        with connect(endpoints.url_for("trader")) as conn, TableProgress(unit="shares") as progress:
             traded = run_bulk(conn, TradeOptions(seed=settings.seed), progress=progress)
         print_trade(traded)
         published = _wait_for_cdc(endpoints, settings, traded.executions)
@@ -122,7 +125,10 @@ def _flow(endpoints: Endpoints, scale, settings: Settings, args, strategies, sta
                 group_id=f"demo-{strategy}-{uuid.uuid4().hex[:6]}",
             )
             report = run_allocation(
-                dsn, endpoints.kafka_bootstrap, options, RunOptions(until_idle=2.0)
+                endpoints.url_for("allocator"),
+                endpoints.kafka_bootstrap,
+                options,
+                RunOptions(until_idle=2.0),
             )
             print_allocation(report)
             with connect(dsn) as conn:
@@ -139,7 +145,9 @@ def _flow(endpoints: Endpoints, scale, settings: Settings, args, strategies, sta
 
         print("-- book (phase iii): the last run's allocations -> holdings, settlements")
         booking = run_booking(
-            dsn, endpoints.kafka_bootstrap, BookingOptions(until_idle=1.0, workers=2)
+            endpoints.url_for("booker"),
+            endpoints.kafka_bootstrap,
+            BookingOptions(until_idle=1.0, workers=2),
         )
         print_booking(booking)
         with connect(dsn) as conn:

@@ -97,5 +97,5 @@ def run(args, settings: Settings) -> int:
         cash_buffer=args.cash_buffer,
         workers=args.workers,
     )
-    print_report(rebalance(endpoints.dsn, options))
+    print_report(rebalance(endpoints.url_for("rebalancer"), options))
     return 0

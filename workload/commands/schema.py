@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workload import schema
+from workload import roles, schema
 from workload.db import connect
 from workload.dialect import detect
 from workload.endpoints import resolve
@@ -43,10 +43,11 @@ def run_create(args, settings: Settings) -> int:
     endpoints = resolve(settings)
     with connect(endpoints.dsn) as conn:
         dialect = detect(conn)
-        count = schema.create(conn, dialect)
+        count = schema.create(conn, dialect, service_roles=settings.service_roles)
     print(
         f"schema ready on {dialect.server_name}: {len(schema.DOMAINS)} domains, "
         f"{len(schema.TABLES)} tables ({count} statements, all idempotent)"
+        + (f"; service roles {', '.join(roles.role_names())}" if settings.service_roles else "")
     )
     return 0
 

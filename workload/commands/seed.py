@@ -67,16 +67,26 @@ def copy_batch_bytes(dialect: Dialect) -> int | None:
     return 4 * 1024 * 1024 if dialect.is_cockroachdb else None
 
 
-def seed_database(dsn: str, scale: seeding.Scale, seed: int, *, reset: bool = False):
-    with connect(dsn) as conn:
-        dialect = detect(conn)
-        if reset:
+def seed_database(
+    dsn: str,
+    scale: seeding.Scale,
+    seed: int,
+    *,
+    reset: bool = False,
+    reset_dsn: str | None = None,
+):
+    """Seed through ``dsn``; ``reset`` first empties every domain through ``reset_dsn`` (the
+    admin URL: the seeder's role may not truncate other services' domains)."""
+    if reset:
+        with connect(reset_dsn or dsn) as conn:
             try:
                 seeding.reset(conn)
             except Exception as exc:
                 raise LabError(
                     f"cannot reset the data ({exc}); run `schema create` first"
                 ) from None
+    with connect(dsn) as conn:
+        dialect = detect(conn)
         with TableProgress() as progress:
             return seeding.seed(
                 conn, scale, seed, batch_bytes=copy_batch_bytes(dialect), progress=progress
@@ -95,6 +105,9 @@ def print_report(report: seeding.SeedReport) -> None:
 def run(args, settings: Settings) -> int:
     scale = scale_from(args, settings)
     endpoints = resolve(settings)
-    report = seed_database(endpoints.dsn, scale, settings.seed, reset=args.reset)
+    report = seed_database(
+        endpoints.url_for("seeder"), scale, settings.seed, reset=args.reset,
+        reset_dsn=endpoints.dsn,
+    )  # fmt: skip
     print_report(report)
     return 0

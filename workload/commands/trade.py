@@ -86,7 +86,7 @@ def run(args, settings: Settings) -> int:
         seed=settings.seed,
     ).validate()
     endpoints = resolve(settings)
-    with connect(endpoints.dsn) as conn:
+    with connect(endpoints.url_for("trader")) as conn:
         if args.rate is None:
             with TableProgress(unit="shares") as progress:
                 report = run_bulk(conn, options, progress=progress)
