@@ -1,0 +1,128 @@
+"""The SQL anchor of "allocate one execution" against the Python engine, on the real server."""
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+
+from tests.allocation_fixtures import EXECUTION_QUERY, reset_allocations, state_digest
+from workload.allocate import sql_transaction
+from workload.allocate.store import AllocationStore
+from workload.db import run_transaction
+from workload.dialect import detect
+from workload.envelope import Execution
+from workload.rebalance import rebalance
+from workload.trade import TradeOptions, run_bulk
+from workload.verify import run_checks
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def execute_only_dsn(seeded_dsn) -> str:
+    """Small scale, rebalanced and traded with executes only (no busts, no replaces)."""
+    rebalance(seeded_dsn)
+    with psycopg.connect(seeded_dsn, autocommit=True) as conn:
+        run_bulk(conn, TradeOptions(seed=11, bust_rate=0, replace_rate=0))
+        sql_transaction.create_queue(conn)
+    return seeded_dsn
+
+
+def failed_checks(dsn):
+    with psycopg.connect(dsn) as conn:
+        return [(r.check.name, r.examples[:3]) for r in run_checks(conn) if not r.passed]
+
+
+def allocate_with_the_store(dsn) -> tuple:
+    """The Python engine's end state, one execution per transaction in commit order."""
+    reset_allocations(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        store = AllocationStore(detect(conn))
+        for row in conn.execute(EXECUTION_QUERY).fetchall():
+            run_transaction(conn, lambda c, e=Execution(*row): store.apply(c, [e]))
+    assert failed_checks(dsn) == []
+    return state_digest(dsn)
+
+
+def allocate_with_sql(dsn, threads: int) -> int:
+    def work(_):
+        transactions = 0
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while sql_transaction.allocate_next(conn) is not None:
+                transactions += 1
+        return transactions
+
+    with ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(work, range(threads)))
+
+
+def refill(dsn) -> int:
+    reset_allocations(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return sql_transaction.fill_queue(conn)
+
+
+def test_sql_transaction_by_concurrent_clients_ends_where_the_engine_does(execute_only_dsn):
+    expected = allocate_with_the_store(execute_only_dsn)
+    queued = refill(execute_only_dsn)
+    assert queued > 500
+    assert allocate_with_sql(execute_only_dsn, threads=4) == queued
+    assert failed_checks(execute_only_dsn) == []
+    assert state_digest(execute_only_dsn) == expected
+    with psycopg.connect(execute_only_dsn) as conn:
+        pending, snapshots = conn.execute(
+            "SELECT count(*) FILTER (WHERE status <> 'applied'), "
+            "(SELECT count(*) FROM allocations.snapshots) FROM allocations.fills"
+        ).fetchone()
+    assert pending == 0 and snapshots > 0
+
+
+def test_a_later_seq_first_waits_and_the_gap_closing_one_applies_both(execute_only_dsn):
+    refill(execute_only_dsn)
+    with psycopg.connect(execute_only_dsn, autocommit=True) as conn:
+        block, first, second = conn.execute(
+            "SELECT block_order_id, min(execution_id::text) FILTER (WHERE seq = 1), "
+            "min(execution_id::text) FILTER (WHERE seq = 2) FROM trades.executions "
+            "GROUP BY block_order_id HAVING count(*) >= 2 ORDER BY 1 LIMIT 1"
+        ).fetchone()
+        with conn.transaction():
+            assert sql_transaction.allocate_claimed(conn, second, block) == 0
+        with conn.transaction():
+            assert sql_transaction.allocate_claimed(conn, first, block) == 2
+        applied_seq, executions = conn.execute(
+            "SELECT applied_seq, executions_applied FROM allocations.block_fills "
+            "WHERE block_order_id = %s",
+            (block,),
+        ).fetchone()
+    assert (applied_seq, executions) == (2, 2)
+
+
+def test_the_pgbench_script_allocates_under_the_real_pgbench(execute_only_dsn):
+    expected = allocate_with_the_store(execute_only_dsn)
+    queued = refill(execute_only_dsn)
+    script = sql_transaction.pgbench_script()
+    assert "\\gset" in script and ":execution_id::uuid" in script and "%(" not in script
+    clients = 3
+    done = subprocess.run(
+        [str(sql_transaction.pgbench_binary()), "-n", "-M", "prepared", "-c", str(clients),
+         "-j", "2", "-t", str(queued // clients), "-f", "/dev/stdin", execute_only_dsn],
+        input=script, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"number of transactions actually processed: {queued // clients * clients}" in (
+        done.stdout
+    )
+    # The remainder, through psycopg: the same queue goes on where pgbench stopped.
+    assert allocate_with_sql(execute_only_dsn, threads=1) == queued % clients
+    assert failed_checks(execute_only_dsn) == []
+    assert state_digest(execute_only_dsn) == expected
+
+
+def test_an_empty_queue_allocates_nothing(execute_only_dsn):
+    reset_allocations(execute_only_dsn)
+    with psycopg.connect(execute_only_dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE bench.queue")
+        assert sql_transaction.allocate_next(conn) is None
+        sql_transaction.drop_queue(conn)
+        assert conn.execute("SELECT to_regclass('bench.queue')").fetchone()[0] is None
