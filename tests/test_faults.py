@@ -24,14 +24,17 @@ import psycopg
 import pytest
 
 from tests.allocation_fixtures import executions, publish
+from tests.conftest import run_cli
 from workload import schema, seed, topics
 from workload.allocate import AllocatorOptions, RunOptions, run_allocation
 from workload.allocate.runner import AllocationReport
 from workload.cdc import slot as slots
 from workload.cdc.relay import Relay, RelayConfig, RelayOptions
+from workload.commands.verify import print_results
 from workload.dialect import detect
 from workload.embedded import EmbeddedStack, StackInfo
 from workload.rebalance import rebalance
+from workload.reconcile import ReconcileOptions, reconcile
 from workload.trade import TradeOptions, run_stream
 from workload.verify import run_checks
 
@@ -206,3 +209,60 @@ def test_postgres_restarted_mid_run_relay_and_consumers_resume_by_themselves(pip
     assert report.total.duplicates >= len(again)
     assert failed_checks(p.dsn) == {}
     assert fills(p.dsn) == executions_written(p.dsn)
+
+
+def missing_fills(dsn: str) -> int:
+    return count(
+        dsn,
+        "SELECT count(*) FROM trades.executions e LEFT JOIN allocations.fills f "
+        "USING (execution_id) WHERE f.execution_id IS NULL",
+    )
+
+
+def test_broker_restarted_loses_executions_and_reconcile_re_drives_them(pipeline, capsys):
+    p = pipeline
+    the_relay = relay(p)
+    args = ("--dsn", p.dsn, "--kafka-bootstrap", p.bootstrap)
+    with (
+        in_thread("relay", the_relay.run),
+        in_thread("market", lambda stop: market(p, stop)) as traded,
+    ):
+        with in_thread("allocate", allocation(p)):
+            wait_for(lambda: fills(p.dsn) >= 200, "the pipeline to allocate some executions")
+        # The consumers are gone; what the relay publishes now waits in the broker only.
+        published = the_relay.metrics()["changes_published"]
+        wait_for(
+            lambda: the_relay.metrics()["changes_published"] >= published + 50,
+            "the relay to publish executions nobody reads yet",
+        )
+        p.restart("kafka", down_for=1)
+        drained = dict(until_idle=2.0, max_seconds=90)
+        options = AllocatorOptions(topic=p.topic, consumers=2, group_id="after-restart")
+        with in_thread(
+            "allocate", lambda stop: run_allocation(
+                p.dsn, p.bootstrap, options, RunOptions(**drained), stop=stop
+            )
+        ) as after:  # fmt: skip
+            wait_for(lambda: bool(traded), "the market to trade every block order")
+            wait_for(lambda: bool(after), "the consumers to drain the topic", timeout=90)
+        assert the_relay.reconnects["kafka"] >= 1 and the_relay.state == "running"
+
+        lost = missing_fills(p.dsn)
+        assert lost >= 50, "what the broker held when it restarted never reached allocations"
+        capsys.readouterr()
+        with psycopg.connect(p.dsn) as conn:
+            assert not print_results(run_checks(conn))  # what `verify` prints
+        printed = capsys.readouterr().out
+        assert "FAIL execution_has_one_fill" in printed and f"{lost} violation(s)" in printed
+
+        dry = reconcile(p.dsn, p.bootstrap, ReconcileOptions(topic=p.topic, dry_run=True))
+        assert (dry.found, dry.remaining, dry.published, dry.passed) == (lost, lost, 0, False)
+        assert f"found {lost:,} execution(s) with no fill" in capsys.readouterr().out
+
+        with in_thread("allocate", allocation(p)):
+            fixed = run_cli("reconcile", *args, "--topic", p.topic, "--wait", "45s", timeout=120)
+            assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+            assert f"re-publishing {lost:,} execution(s)" in fixed.stdout
+    verified = run_cli("verify", *args, timeout=60)
+    assert verified.returncode == 0, verified.stdout
+    assert missing_fills(p.dsn) == 0

@@ -195,6 +195,7 @@ class Relay:
         self._delivery_failures = 0
         self._last_kafka_error: str | None = None
         self._kafka_state_error: str | None = None
+        self._broker_lost: str | None = None
 
         self.started_at = datetime.now(UTC)
         self.state = "starting"
@@ -315,6 +316,7 @@ class Relay:
             }
         )
         self._kafka_state_error = None
+        self._broker_lost = None
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         text = error.str()
@@ -324,6 +326,12 @@ class Relay:
         if error.fatal():
             self._delivery_failures += 1
             self._last_kafka_error = text
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            # The broker may come back empty (Tansu keeps topics in memory): the producer's
+            # queued messages would then wait for a topic nobody creates until they time out.
+            # Start over instead: purge, look the broker up, create the topics, read the slot
+            # again (duplicates at most; the slot never moved past what was unacknowledged).
+            self._broker_lost = text
 
     def _close_database(self) -> None:
         if self._reader is not None:
@@ -410,10 +418,15 @@ class Relay:
         except TRANSIENT_ERRORS as exc:
             self._read_again()
             raise DatabaseDown(_first_line(exc)) from None
+        self._producer.poll(0)  # serves error_cb while the slot is quiet
         if batch is None:
+            if self._broker_lost and not self._read_rows:
+                raise BrokerDown(f"lost the broker ({self._broker_lost})")
             return 0
         rows = len(batch.messages)
         try:
+            if self._broker_lost:
+                raise BrokerDown(f"lost the broker ({self._broker_lost})")
             last_end = self._produce_batch(batch.messages)
             self._read_last_end = last_end or self._read_last_end
             if batch.last and self._read_rows + rows:
@@ -544,6 +557,8 @@ class Relay:
         last_note = started
         while True:
             pending = producer.flush(0.5)
+            if pending and self._broker_lost:
+                raise BrokerDown(f"lost the broker with {pending} messages unacknowledged")
             if self._delivery_failures:
                 raise BrokerDown(
                     f"{self._delivery_failures} messages not acknowledged "
