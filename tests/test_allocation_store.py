@@ -112,3 +112,20 @@ def test_verify_reports_a_corrupted_allocation(reference):
         )
     names = {name for name, _, _ in failed_checks(dsn)}
     assert {"allocations_sum_to_last_snapshot", "execution_has_one_fill"} <= names
+
+
+def test_caches_stay_bounded_and_evictions_change_nothing(traded_dsn):
+    """A consumer runs for days: its per-block-order caches must not grow with them, and a
+    block order evicted while still filling must be read again, not allocated to nobody."""
+    items = executions(traded_dsn)
+    apply_all(traded_dsn, items, [50] * len(items))
+    expected = state_digest(traded_dsn)
+    reset_allocations(traded_dsn)
+    with psycopg.connect(traded_dsn, autocommit=True) as conn:
+        store = AllocationStore(detect(conn), cache_size=3)
+        for i in range(0, len(items), 50):
+            run_transaction(conn, lambda c, b=items[i : i + 50]: store.apply(c, b))
+            assert len(store._known) <= 3 and len(store._ordered) <= 3
+    assert len({e.block_order_id for e in items}) > 3 * 10
+    assert failed_checks(traded_dsn) == []
+    assert state_digest(traded_dsn) == expected

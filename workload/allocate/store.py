@@ -191,7 +191,9 @@ class AllocationStore:
     """Applies batches of executions; one instance per consumer (it caches block orders).
 
     Customer orders never change once a block order exists, so they are read once per block
-    order and kept (a bounded cache: the oldest block orders are dropped first).
+    order and kept; so is the fact that a block order exists. Both caches hold at most
+    ``cache_size`` block orders, the least recently used dropped first, so that a consumer
+    running for days keeps a constant footprint (a dropped block order is read again).
     """
 
     def __init__(self, dialect: Dialect, snapshot_every: int = 1, cache_size: int = 20_000):
@@ -201,24 +203,28 @@ class AllocationStore:
         self.snapshot_every = snapshot_every
         self.cache_size = cache_size
         self._ordered: dict[uuid.UUID, dict[uuid.UUID, int]] = {}
-        self._known: set[uuid.UUID] = set()
+        self._known: dict[uuid.UUID, None] = {}  # an ordered set, oldest use first
 
     # -- reads ------------------------------------------------------------------------------
 
     def _known_blocks(self, conn: psycopg.Connection, ids: set[uuid.UUID]) -> set[uuid.UUID]:
-        missing = ids - self._known
+        known = {b for b in ids if _touch(self._known, b)}
+        missing = ids - known
         if missing:
             rows = conn.execute(
                 "SELECT block_order_id FROM orders.block_orders WHERE block_order_id = ANY(%s)",
                 (list(missing),),
             ).fetchall()
-            self._known.update(r[0] for r in rows)
-        return ids & self._known
+            found = {r[0]: None for r in rows}
+            known.update(found)
+            _remember(self._known, found, self.cache_size)
+        return known
 
     def _ordered_for(
         self, conn: psycopg.Connection, ids: list[uuid.UUID]
     ) -> dict[uuid.UUID, dict[uuid.UUID, int]]:
-        missing = [b for b in ids if b not in self._ordered]
+        ordered = {b: self._ordered[b] for b in ids if _touch(self._ordered, b)}
+        missing = [b for b in ids if b not in ordered]
         if missing:
             found: dict[uuid.UUID, dict[uuid.UUID, int]] = defaultdict(dict)
             for block, account, quantity in conn.execute(
@@ -227,10 +233,9 @@ class AllocationStore:
                 (missing,),
             ).fetchall():
                 found[block][account] = quantity
-            while len(self._ordered) + len(found) > self.cache_size and self._ordered:
-                self._ordered.pop(next(iter(self._ordered)))
-            self._ordered.update(found)
-        return {b: self._ordered.get(b, {}) for b in ids}
+            ordered.update(found)
+            _remember(self._ordered, found, self.cache_size)
+        return {b: ordered.get(b, {}) for b in ids}
 
     # -- the transaction ----------------------------------------------------------------------
 
@@ -385,6 +390,22 @@ class AllocationStore:
                 state.since_snapshot, state.snapshot_seq, state.status, state.block_order_id,
             )
         )  # fmt: skip
+
+
+def _touch(cache: dict, key) -> bool:
+    """Whether ``key`` is cached; if so, it becomes the most recently used."""
+    if key not in cache:
+        return False
+    cache[key] = cache.pop(key)
+    return True
+
+
+def _remember(cache: dict, entries: dict, limit: int) -> None:
+    """Add ``entries``, then drop the least recently used beyond ``limit`` (the caller has
+    already taken what it needs from them, so an eviction never loses a batch's data)."""
+    cache.update(entries)
+    while len(cache) > limit:
+        del cache[next(iter(cache))]
 
 
 @dataclass
