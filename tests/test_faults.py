@@ -23,22 +23,33 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from tests.allocation_fixtures import executions, publish
+from tests.allocation_fixtures import (
+    executions,
+    publish,
+    reset_allocations,
+    state_digest,
+    traded_dsn,
+)
 from tests.conftest import run_cli
 from workload import schema, seed, topics
 from workload.allocate import AllocatorOptions, RunOptions, run_allocation
 from workload.allocate.runner import AllocationReport
+from workload.allocate.store import AllocationStore
 from workload.cdc import slot as slots
 from workload.cdc.relay import Relay, RelayConfig, RelayOptions
+from workload.cli import build_parser
 from workload.commands.verify import print_results
+from workload.db import run_transaction
 from workload.dialect import detect
 from workload.embedded import EmbeddedStack, StackInfo
+from workload.errors import LabError
 from workload.rebalance import rebalance
-from workload.reconcile import ReconcileOptions, reconcile
+from workload.reconcile import ReconcileOptions, find_gap, reconcile
 from workload.trade import TradeOptions, run_stream
 from workload.verify import run_checks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+__all__ = ["traded_dsn"]
 
 RATE = 150  # executions per second the market writes
 RELAY_OPTIONS = RelayOptions(
@@ -266,3 +277,55 @@ def test_broker_restarted_loses_executions_and_reconcile_re_drives_them(pipeline
     verified = run_cli("verify", *args, timeout=60)
     assert verified.returncode == 0, verified.stdout
     assert missing_fills(p.dsn) == 0
+
+
+def test_reconcile_apply_allocates_what_never_came_exactly_once(lab_stack, traded_dsn):
+    """Without a consumer group: --apply allocates the missing executions through the store,
+    closing the gaps that held later fills pending; the end state is the undisturbed one."""
+    items = executions(traded_dsn)
+    with psycopg.connect(traded_dsn, autocommit=True) as conn:
+        store = AllocationStore(detect(conn))
+        run_transaction(conn, lambda c: store.apply(c, items))
+        expected = state_digest(traded_dsn)
+        reset_allocations(traded_dsn)
+        lost = items[5::7]  # what a broker restart took: gaps in many block orders
+        kept = [e for e in items if e not in lost]
+        run_transaction(conn, lambda c: store.apply(c, kept))
+        gap = find_gap(conn)
+    assert {e.execution_id for e in gap.missing} == {e.execution_id for e in lost}
+    assert len(gap.missing) == len(lost) and gap.waiting > 0 and gap.stuck == 0
+    assert set(failed_checks(traded_dsn)) >= {"execution_has_one_fill", "no_fill_left_pending"}
+
+    with pytest.raises(LabError, match="needs a Kafka bootstrap"):
+        reconcile(traded_dsn, None, ReconcileOptions())
+    said: list[str] = []
+    report = reconcile(traded_dsn, None, ReconcileOptions(apply=True, batch_size=40), said.append)
+    assert report.passed and report.remaining == 0 and report.rounds == 1
+    assert report.found == len(lost) and report.applied >= len(lost) and report.rejected == 0
+    assert said[0].startswith(f"found {len(lost):,} execution(s) with no fill")
+    assert failed_checks(traded_dsn) == {}
+    assert state_digest(traded_dsn) == expected
+
+    again = reconcile(traded_dsn, None, ReconcileOptions(apply=True), said.append)
+    assert (again.found, again.applied, again.passed) == (0, 0, True)  # nothing left to do
+
+
+@pytest.mark.parametrize(
+    "bad", [["--wait", "soon"], ["--batch-size", "x"], ["--rounds", "1.5"]]
+)  # fmt: skip
+def test_reconcile_rejects_bad_options_in_one_line(bad, capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["reconcile", *bad])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"batch_size": 0}, "--batch-size 0"), ({"rounds": 0}, "--rounds 0"),
+     ({"wait": 0}, "--wait 0"), ({"topic": "no spaces"}, "not a Kafka topic name")],
+)  # fmt: skip
+def test_reconcile_options_say_what_is_wrong(options, message):
+    with pytest.raises(LabError, match=message):
+        ReconcileOptions(**options)
