@@ -146,6 +146,10 @@ class AllocationConsumer:
                 "partition.assignment.strategy": "roundrobin",
                 "fetch.wait.max.ms": 100,
                 "max.poll.interval.ms": 600_000,
+                # librdkafka prefetches up to 64 MiB per consumer by default: over 100,000
+                # executions, minutes of allocation work, so that a consumer's memory follows
+                # the backlog rather than its work. 8 MiB still holds >10,000 executions.
+                "queued.max.messages.kbytes": 8192,
             }
         )
         self._producer = Producer(
