@@ -13,28 +13,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import psycopg
+from _common import allocate_verified, machine, seeded
 from confluent_kafka import Producer
 
-from workload import schema, seed
-from workload.allocate import STRATEGIES, AllocatorOptions, RunOptions, run_allocation
-from workload.allocate.store import reset_allocations
-from workload.dialect import detect
+from workload import seed
+from workload.allocate import STRATEGIES, AllocatorOptions
 from workload.embedded import EmbeddedStack
 from workload.envelope import HLC, Execution, encode_change
 from workload.rebalance import rebalance
 from workload.topics import TopicSpec, ensure_topics
 from workload.trade import TradeOptions, run_bulk
-from workload.verify import run_checks
 
 
 def main() -> int:
@@ -54,9 +47,7 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="lab-bench-") as tmp,
         EmbeddedStack(Path(tmp) / ".lab") as info,
     ):
-        with psycopg.connect(info.dsn, autocommit=True) as conn:
-            schema.create(conn, detect(conn))
-            seed.seed(conn, scale, 42)
+        seeded(info.dsn, scale)
         rebalance(info.dsn)
         topic = f"bench-executions-{uuid.uuid4().hex[:6]}"
         ensure_topics(info.kafka_bootstrap, TopicSpec(name=topic, partitions=args.partitions))
@@ -79,9 +70,6 @@ def main() -> int:
 
         for strategy in args.strategies.split(","):
             for consumers in counts:
-                with psycopg.connect(info.dsn, autocommit=True) as conn:
-                    reset_allocations(conn)
-                    conn.execute("CHECKPOINT")
                 options = AllocatorOptions(
                     strategy=strategy,
                     consumers=consumers,
@@ -89,11 +77,7 @@ def main() -> int:
                     topic=topic,
                     group_id=f"bench-{uuid.uuid4().hex[:8]}",
                 )
-                report = run_allocation(
-                    info.dsn, info.kafka_bootstrap, options, RunOptions(until_idle=2.0)
-                )
-                with psycopg.connect(info.dsn) as conn:
-                    ok = all(r.passed for r in run_checks(conn))
+                report, ok = allocate_verified(info.dsn, info.kafka_bootstrap, options)
                 d = report.as_dict()
                 rows.append((strategy, consumers, d, ok))
                 print(
@@ -104,7 +88,7 @@ def main() -> int:
                 )
 
     print()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {len(executions):,} "
+    print(f"machine: {machine()}; {len(executions):,} "
           f"executions, {args.accounts:,} accounts, {args.partitions} partitions")  # fmt: skip
     print("| strategy | consumers | executions/s | transactions | p50 ms | p99 ms | retries "
           "| e2e p99 ms | verify |")  # fmt: skip
