@@ -63,6 +63,7 @@ GOAL = 0.10  # throughput drift and memory growth allowed
 SUPPLY_MARGIN = 1.5  # block orders for this many times the executions the run needs
 ALLOCATED = "SELECT count(*) FROM allocations.fills WHERE status = 'applied'"
 WRITTEN = "SELECT count(*) FROM trades.executions"
+START_TIMEOUT = 120.0  # seconds for Locust to start and its market to write a first execution
 DAYS = "SELECT DISTINCT trade_date FROM market.daily_prices ORDER BY trade_date DESC"
 
 
@@ -182,7 +183,9 @@ def locust_command(info, run_dir: Path, out: Path, args, group: str) -> list[str
         sys.executable, "-m", "locust", "-f", str(REPO / "locustfiles" / "allocation.py"),
         "--headless", "-u", str(args.consumers + args.markets), "-r", "100",
         "--config-users", json.dumps(users),
-        "--run-time", f"{round(args.duration)}s", "--stop-timeout", "60", "--only-summary",
+        # A safety net: the soak stops Locust itself once it has sampled the duration.
+        "--run-time", f"{round(args.duration + START_TIMEOUT)}s",
+        "--stop-timeout", "60", "--only-summary",
         "--dsn", info.dsn, "--bootstrap", info.kafka_bootstrap, "--run-dir", str(run_dir),
         "--group", group, "--strategy", args.strategy, "--batch-size", str(args.batch_size),
         "--market-rate", f"{args.rate / args.markets:g}", "--market-shards", str(args.markets),
@@ -220,22 +223,29 @@ def stop_locust(proc: subprocess.Popen) -> int:
 
 
 def soak(info, run_dir: Path, out: Path, args, group: str) -> tuple[list[Sample], int]:
-    """Run Locust, sampling every ``args.sample`` seconds; returns the samples and its exit."""
+    """Run Locust, sampling every ``args.sample`` seconds for ``args.duration`` from the
+    market's first execution (Locust's own start-up is not the run), then stop it as Ctrl-C
+    would; returns the samples and Locust's exit status."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
     log = (out / "locust.log").open("wb")
     proc = subprocess.Popen(locust_command(info, run_dir, out, args, group), cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
-    started = time.monotonic()
     watched = psutil.Process(proc.pid)
     samples: list[Sample] = []
+    code = None
     try:
         with psycopg.connect(info.dsn, autocommit=True) as conn:
-            tick = 1
-            while proc.poll() is None:
-                due = started + tick * args.sample
-                time.sleep(max(0.0, due - time.monotonic()))
-                if proc.poll() is not None or time.monotonic() - started > args.duration + 1:
+            deadline = time.monotonic() + START_TIMEOUT
+            while conn.execute(WRITTEN).fetchone()[0] == 0:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the market wrote nothing within {START_TIMEOUT:.0f} s; "
+                                     f"see {out / 'locust.log'}")  # fmt: skip
+                time.sleep(0.2)
+            started = time.monotonic()
+            for tick in range(1, math.floor(args.duration / args.sample + 1e-9) + 1):
+                time.sleep(max(0.0, started + tick * args.sample - time.monotonic()))
+                if proc.poll() is not None:
                     break
                 (allocated,) = conn.execute(ALLOCATED).fetchone()
                 (written,) = conn.execute(WRITTEN).fetchone()
@@ -244,12 +254,14 @@ def soak(info, run_dir: Path, out: Path, args, group: str) -> tuple[list[Sample]
                 before = samples[-1].allocated if samples else 0
                 samples.append(s)
                 print(f"  {s.at:6.0f} s  allocated {s.allocated:>9,} (+{s.allocated - before:,})"
-                      f"  written {s.written:>9,}  rss {s.rss / 2**20:7.1f} MiB"
-                      f"  failures {s.failures}", flush=True)  # fmt: skip
-                tick += 1
-        code = proc.wait(timeout=args.duration + 300)
+                      f"  written {s.written:>9,}  behind {s.written - s.allocated:>6,}"
+                      f"  rss {s.rss / 2**20:7.1f} MiB  failures {s.failures}",
+                      flush=True)  # fmt: skip
+        if proc.poll() is None:
+            code = stop_locust(proc)  # SIGTERM: users stop, consumers flush and leave
     finally:
-        code = stop_locust(proc)
+        stopped = stop_locust(proc)
+        code = stopped if code is None else code
         log.close()
     return samples, code
 
