@@ -90,7 +90,7 @@ DELETE FROM trades.executions
 # The source the pipeline writes again, in commit order; executed_at is set anew on writing.
 SOURCE = f"""
 CREATE TABLE bench.source AS
-SELECT row_number() OVER (ORDER BY executed_at, block_order_id, seq) AS n, {COLUMNS}
+SELECT row_number() OVER (ORDER BY executed_at, seq, block_order_id) AS n, {COLUMNS}
   FROM trades.executions
 """  # noqa: S608 (constant columns)
 WRITE_AGAIN = f"""
@@ -187,6 +187,8 @@ def with_pgbench(dsn: str, clients: int, work: Path) -> tuple[int, float]:
         "-j", str(min(clients, 2)), "-t", str(queued // clients), "-f", str(script), dsn,
     ]  # fmt: skip
     run_tool("pgbench", command, work / "pgbench.log")
+    if os.environ.get("BENCH_SHOW_TOOL_LOGS"):
+        print((work / "pgbench.log").read_text(), flush=True)
     measured = timed_by_database(dsn)
     allocate_rest(dsn)
     return measured
@@ -206,7 +208,9 @@ def with_dbworkload(dsn: str, clients: int, work: Path) -> tuple[int, float]:
     return measured
 
 
-def with_locust(dsn: str, run_dir: Path, clients: int, work: Path) -> tuple[int, float]:
+def with_locust(
+    dsn: str, run_dir: Path, clients: int, processes: int, work: Path
+) -> tuple[int, float]:
     fresh_queue(dsn)
     results = work / f"locust-{uuid.uuid4().hex[:6]}"
     command = [
@@ -216,6 +220,8 @@ def with_locust(dsn: str, run_dir: Path, clients: int, work: Path) -> tuple[int,
         "--dsn", dsn, "--run-dir", str(run_dir), "--results-dir", str(results),
         "SqlAllocationUser",
     ]  # fmt: skip
+    if processes > 1:
+        command[-1:-1] = ["--processes", str(processes)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
     run_tool("locust", command, work / "locust.log", env)
     return timed_by_database(dsn)
@@ -333,6 +339,13 @@ def main() -> int:
         default=",".join(STRATEGIES),
         help="pipeline strategies to run (%(default)s)",
     )
+    parser.add_argument(
+        "--locust-processes",
+        type=int,
+        default=1,
+        help="Locust processes sharing the users, as dbworkload's -x and pgbench's -j share "
+        "the clients (%(default)s)",
+    )
     parser.add_argument("--ways", default="pgbench,dbworkload,locust,pipeline",
                         help="which ways to run (%(default)s)")  # fmt: skip
     args = parser.parse_args()
@@ -340,7 +353,13 @@ def main() -> int:
     ways = [w for w in args.ways.split(",") if w]
     unknown = [s for s in strategies if s not in STRATEGIES]
     unknown += [w for w in ways if w not in ("pgbench", "dbworkload", "locust", "pipeline")]
-    if unknown or args.clients < 1 or args.executions < args.clients or args.repeat < 1:
+    if (
+        unknown
+        or args.clients < 1
+        or args.executions < args.clients
+        or args.repeat < 1
+        or args.locust_processes < 1
+    ):
         parser.error(f"bad arguments {unknown or ''}: --clients >= 1, --executions >= "
                      "--clients, --repeat >= 1")  # fmt: skip
     if "dbworkload" in ways:
@@ -367,7 +386,8 @@ def main() -> int:
                 elif label == "dbworkload":
                     allocated, seconds = with_dbworkload(dsn, args.clients, work)
                 elif label == "locust":
-                    allocated, seconds = with_locust(dsn, run_dir, args.clients, work)
+                    allocated, seconds = with_locust(dsn, run_dir, args.clients,
+                                                     args.locust_processes, work)  # fmt: skip
                 else:
                     strategy = label.split(" ", 1)[1]
                     allocated, seconds = with_pipeline(dsn, bootstrap, run_dir, strategy,

@@ -28,15 +28,27 @@ class SqlAllocationUser(LabUser):
 
     def on_start(self) -> None:
         super().on_start()
+        # One connection for the user's life, as a pgbench client or a dbworkload thread
+        # holds one: taking it from the pool per task would add the pool's check (a round
+        # trip) to every transaction.
+        self.pool = self.lab.pool()
+        self.conn = self.pool.getconn()
         _busy.add(self.name)
+
+    def on_stop(self) -> None:
+        _busy.discard(self.name)
+        self.pool.putconn(self.conn)
+        super().on_stop()
 
     @task
     def allocate_one_execution(self) -> None:
         with self.allocation("allocate one execution (SQL)") as txn:
-            with self.connection() as conn:
-                applied = sql_transaction.allocate_next(conn, self.lab.retry_stats)
+            applied = sql_transaction.allocate_next(self.conn, self.lab.retry_stats)
             txn.found = applied is not None
             txn.response_length = applied or 0
+        if self.conn.closed:  # lost with an error Locust reported: the next task reconnects
+            self.pool.putconn(self.conn)
+            self.conn = self.pool.getconn()
         if not txn.found and txn.error is None:
             _busy.discard(self.name)
             if not _busy:
