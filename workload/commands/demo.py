@@ -64,6 +64,8 @@ def run(args, settings: Settings) -> int:
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
         raise LabError(f"--strategies: choose from {', '.join(STRATEGIES)} (got {args.strategies})")
+    if args.consumers < 1:  # before the stack starts, not after
+        raise LabError("--consumers must be at least 1")
     started = time.perf_counter()
     if settings.dsn:
         return _flow(resolve(settings, need_kafka=True), scale, settings, args, strategies, started)
