@@ -85,9 +85,15 @@ MSG_FINAL, MSG_WRAP_UP = "crdblab:final", "crdblab:wrap-up"
 # -- options ----------------------------------------------------------------------------------
 
 
+WEB_HOST_DEFAULT = "127.0.0.1"
+
+
 @events.init_command_line_parser.add_listener
 def add_options(parser, **_kwargs) -> None:
     """The kit's options: in the web UI's form, settable by LAB_* variables."""
+    # The web UI starts and stops load against the database: loopback only unless asked
+    # (`--web-host '*'` or LOCUST_WEB_HOST), where Locust's own default is every interface.
+    parser.set_defaults(web_host=WEB_HOST_DEFAULT)
     d = LoadOptions()
     parser.add_argument(
         "--strategy", choices=STRATEGIES, default=d.strategy, env_var="LAB_STRATEGY",
@@ -757,7 +763,7 @@ class _GroupMember:
             self.user.name,
             self.user.options.allocator,
             target.endpoints.kafka_bootstrap,
-            target.endpoints.dsn,
+            target.endpoints.url_for("allocator"),
             target.dialect,
         )
         self.result = self.lab.threads(capacity).spawn(self.worker.run)

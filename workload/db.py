@@ -43,7 +43,7 @@ def connect(url: str, *, autocommit: bool = True, timeout: int = 10) -> psycopg.
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=timeout)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        hint = explain_connect_error(str(exc)) or CONNECT_HINT
+        hint = explain_connect_error(str(exc), url) or CONNECT_HINT
         raise LabError(f"cannot connect to {redact_url(url)}: {reason}; {hint}") from None
     except psycopg.ProgrammingError as exc:
         raise LabError(f"bad database URL {redact_url(url)}: {exc}") from None

@@ -161,11 +161,18 @@ def service_url(url: str, name: str, env: Mapping[str, str] | None = None) -> st
     return with_user(url, svc.role, env.get(svc.env) or None)
 
 
-def explain_connect_error(reason: str) -> str | None:
+def explain_connect_error(reason: str, url: str = "") -> str | None:
     """A one-line fix for a connection refused because of a service role, else None."""
+    user = url_user(url) if url else None
     for svc in SERVICES:
-        if f'"{svc.role}"' not in reason:
+        if f'"{svc.role}"' not in reason and user != svc.role:
             continue
+        if "no password supplied" in reason:
+            return (
+                f"role {svc.role} does not exist or has no password yet; run `python -m "
+                f"workload schema create` (it creates the service roles) or set {svc.env}, "
+                "or set LAB_SERVICE_ROLES=off"
+            )
         if "does not exist" in reason:
             return (
                 f"role {svc.role} does not exist; run `python -m workload schema create` "
