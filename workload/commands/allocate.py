@@ -15,6 +15,7 @@ from workload.allocate import (
 from workload.allocate.recording import record_allocation
 from workload.allocate.runner import ISOLATION_LEVELS
 from workload.endpoints import resolve
+from workload.errors import LabError
 from workload.records import DEFAULT_RESULTS_DIR
 from workload.settings import Settings, parse_duration
 from workload.topics import DEFAULT_TOPIC
@@ -117,6 +118,12 @@ def print_report(report: AllocationReport) -> None:
 
 def run(args, settings: Settings) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The option checks run_allocation makes, before looking for servers: a bad value is
+    # named as such, not reported as a missing stack.
+    if min(args.consumers, args.batch_size, args.snapshot_every) < 1 or args.linger_ms < 0:
+        raise LabError(
+            "--consumers, --batch-size and --snapshot-every must be >= 1, --linger-ms >= 0"
+        )
     endpoints = resolve(settings, need_kafka=True)
     report = run_allocation(
         endpoints.url_for("allocator"),

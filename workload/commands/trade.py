@@ -6,6 +6,7 @@ from datetime import date
 
 from workload.db import connect
 from workload.endpoints import resolve
+from workload.errors import LabError
 from workload.progress import TableProgress
 from workload.settings import Settings, parse_duration
 from workload.trade import MarketReport, TradeOptions, run_bulk, run_stream
@@ -85,6 +86,8 @@ def run(args, settings: Settings) -> int:
         trade_date=args.date,
         seed=settings.seed,
     ).validate()
+    if args.rate is not None and args.rate <= 0:  # before looking for servers
+        raise LabError("--rate and --duration must be positive")
     endpoints = resolve(settings)
     with connect(endpoints.url_for("trader")) as conn:
         if args.rate is None:
