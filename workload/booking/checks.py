@@ -15,6 +15,8 @@ Every booking has its one settlement with the same figures, published.
 
 from __future__ import annotations
 
+from psycopg import sql
+
 from workload.booking.money import HALF_EVEN_SQL
 from workload.verify import CHECKS, Check
 
@@ -24,6 +26,10 @@ _FINAL_ALLOCATIONS = """
       JOIN allocations.account_allocations a
         ON a.block_order_id = o.block_order_id AND a.snapshot_seq = o.snapshot_seq
      WHERE a.quantity > 0"""
+
+# Queries that embed the constants above are composed with psycopg.sql, never formatted.
+_FINAL = sql.SQL(_FINAL_ALLOCATIONS)
+_CASH_AMOUNT_OF_B = sql.SQL(HALF_EVEN_SQL).format(x=sql.SQL("b.amount"))
 
 BOOKING_CHECKS = [
     Check(
@@ -39,22 +45,22 @@ BOOKING_CHECKS = [
         "final_allocation_booked_once",
         "every final allocation of a booked block order is booked once or dead-lettered "
         "once, never both, never neither",
-        f"""SELECT f.block_order_id, f.account_id, b.account_id IS NOT NULL,
+        sql.SQL("""SELECT f.block_order_id, f.account_id, b.account_id IS NOT NULL,
                   d.account_id IS NOT NULL
-             FROM ({_FINAL_ALLOCATIONS}) f
+             FROM ({final}) f
              JOIN allocations.block_bookings k
                ON k.block_order_id = f.block_order_id AND k.status = 'booked'
              LEFT JOIN allocations.bookings b
                ON b.block_order_id = f.block_order_id AND b.account_id = f.account_id
              LEFT JOIN allocations.booking_dead_letters d
                ON d.block_order_id = f.block_order_id AND d.account_id = f.account_id
-            WHERE (b.account_id IS NULL) = (d.account_id IS NULL)""",  # noqa: S608 (constant)
+            WHERE (b.account_id IS NULL) = (d.account_id IS NULL)""").format(final=_FINAL),
     ),
     Check(
         "booking_is_a_final_allocation",
         "every booking and dead letter is a final allocation, at its quantity and price, on "
         "the customer order's security and side (nothing invented, nothing stale)",
-        f"""SELECT x.block_order_id, x.account_id, x.kind
+        sql.SQL("""SELECT x.block_order_id, x.account_id, x.kind
              FROM (SELECT block_order_id, account_id, quantity, price, snapshot_seq,
                           security_id, side, 'booking' AS kind
                      FROM allocations.bookings
@@ -62,7 +68,7 @@ BOOKING_CHECKS = [
                    SELECT block_order_id, account_id, quantity, price, snapshot_seq,
                           security_id, side, 'dead letter'
                      FROM allocations.booking_dead_letters) x
-             LEFT JOIN ({_FINAL_ALLOCATIONS}) f
+             LEFT JOIN ({final}) f
                ON f.block_order_id = x.block_order_id AND f.account_id = x.account_id
              LEFT JOIN orders.customer_orders c
                ON c.block_order_id = x.block_order_id AND c.account_id = x.account_id
@@ -71,21 +77,21 @@ BOOKING_CHECKS = [
                OR x.price IS DISTINCT FROM f.price
                OR (x.kind = 'booking'
                    AND (c.account_id IS NULL OR x.security_id <> c.security_id
-                        OR x.side <> c.side))""",  # noqa: S608 (constant)
+                        OR x.side <> c.side))""").format(final=_FINAL),
     ),
     Check(
         "booking_cash_is_quantity_times_price",
         "each booking's amount is exactly quantity x price, its cash amount that amount "
         "rounded half-even to 4 places, and the cash moved by exactly that (and the fee)",
-        f"""SELECT b.block_order_id, b.account_id, b.amount, b.cash_amount, b.fee,
+        sql.SQL("""SELECT b.block_order_id, b.account_id, b.amount, b.cash_amount, b.fee,
                   b.cash_before, b.cash_after
              FROM allocations.bookings b
             WHERE b.amount <> b.quantity * b.price
-               OR b.cash_amount <> {HALF_EVEN_SQL.format(x="b.amount")}
+               OR b.cash_amount <> {cash_amount}
                OR b.fee < 0
                OR b.cash_after <> b.cash_before
                   + CASE WHEN b.side = 'buy' THEN -(b.cash_amount + b.fee)
-                         ELSE b.cash_amount - b.fee END""",  # noqa: S608 (constant)
+                         ELSE b.cash_amount - b.fee END""").format(cash_amount=_CASH_AMOUNT_OF_B),
     ),
     Check(
         "booking_position_moves_by_quantity",

@@ -21,6 +21,7 @@ from decimal import Decimal
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import NewTopic
+from psycopg import sql
 
 from workload.errors import LabError
 from workload.topics import (
@@ -43,14 +44,14 @@ SETTLEMENT_COLUMNS = (
     "price", "gross_amount", "cash_amount", "fee", "net_amount", "trade_date", "settle_date",
 )  # fmt: skip
 
-CLAIM_UNPUBLISHED = f"""
-SELECT {", ".join(SETTLEMENT_COLUMNS)}
+CLAIM_UNPUBLISHED = sql.SQL("""
+SELECT {columns}
   FROM allocations.settlements
  WHERE published_at IS NULL
  ORDER BY published_at, created_at
  LIMIT %s
    FOR UPDATE SKIP LOCKED
-"""  # noqa: S608 (the column list is a constant of this module)
+""").format(columns=sql.SQL(", ").join(map(sql.Identifier, SETTLEMENT_COLUMNS)))
 
 MARK_PUBLISHED = """
 UPDATE allocations.settlements SET published_at = now()
