@@ -32,6 +32,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP) ## every benchmark script in turn (long: tens of minutes; see docs/benchmarks.md)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
 	for script in bench/*.py; do echo "== $$script"; $(PY) $$script $(ARGS) || exit 1; done
 
 down: $(STAMP) ## stop the embedded stack of the default run directory
