@@ -44,9 +44,10 @@ def connect(url: str, *, autocommit: bool = True, timeout: int = 10) -> psycopg.
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         hint = explain_connect_error(str(exc), url) or CONNECT_HINT
-        raise LabError(f"cannot connect to {redact_url(url)}: {reason}; {hint}") from None
+        # libpq quotes the URL it could not parse, password and all: redact the whole line.
+        raise LabError(redact_url(f"cannot connect to {url}: {reason}; {hint}")) from None
     except psycopg.ProgrammingError as exc:
-        raise LabError(f"bad database URL {redact_url(url)}: {exc}") from None
+        raise LabError(redact_url(f"bad database URL {url}: {exc}")) from None
 
 
 def server_dialect(url: str) -> Dialect:

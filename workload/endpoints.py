@@ -46,6 +46,13 @@ def resolve(settings: Settings, *, need_kafka: bool = False) -> Endpoints:
             embedded=False,
             service_roles=settings.service_roles,
         )
+    if settings.stack_outputs is not None:
+        # Stack outputs were given to name the servers; the embedded stack would be a surprise.
+        raise LabError(
+            f"stack outputs file {settings.stack_outputs} has no sqlUrl (the database URL); "
+            "write it with `pulumi stack output --json --show-secrets` from a stack of infra/, "
+            "or pass --dsn (LAB_DSN)"
+        )
     found = EmbeddedStack(settings.run_dir).find()
     if found is None:
         raise LabError(
