@@ -165,6 +165,8 @@ def test_each_kind_of_bad_message_is_dead_lettered_and_the_rest_allocated(lab_st
 
 
 def test_a_consumer_killed_mid_run_and_restarted_ends_identical(lab_stack, traded_dsn):
+    """SIGKILL the consumer while it waits inside an allocation transaction, start it again:
+    the end state is that of an undisturbed run."""
     items = executions(traded_dsn)
     expected = reference_digest(traded_dsn, items)
     topic = new_topic(lab_stack.kafka_bootstrap)
@@ -181,20 +183,42 @@ def test_a_consumer_killed_mid_run_and_restarted_ends_identical(lab_stack, trade
     try:
         deadline = time.monotonic() + 60
         done = 0
-        while time.monotonic() < deadline and done < len(items) // 4:
+        while done < len(items) // 4:
+            assert victim.poll() is None, victim.communicate()
+            assert time.monotonic() < deadline, "the consumer allocated too little to kill"
             time.sleep(0.05)
-            with psycopg.connect(traded_dsn) as conn:
-                done = conn.execute("SELECT count(*) FROM allocations.fills").fetchone()[0]
-        assert 0 < done < len(items), "kill it mid-run"
-        victim.send_signal(signal.SIGKILL)
+            done = _count(traded_dsn, "SELECT count(*) FROM allocations.fills")
+        with psycopg.connect(traded_dsn) as locker:
+            # Every allocation transaction stores its fills, then writes its block order's
+            # state: holding that table makes the next one wait there, its fills written and
+            # not committed, and the kill lands inside it.
+            locker.execute("LOCK TABLE allocations.block_fills IN EXCLUSIVE MODE")
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            while not _count(traded_dsn, query):
+                assert victim.poll() is None, victim.communicate()
+                assert time.monotonic() < deadline, "the consumer never waited on the lock"
+                time.sleep(0.05)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+            locker.rollback()
     finally:
-        victim.wait(10)
-        victim.stdout.close()
-        victim.stderr.close()
+        if victim.poll() is None:
+            victim.kill()
+        victim.communicate()
+    assert victim.returncode == -signal.SIGKILL
+    assert 0 < done < len(items), "kill it mid-run"
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr
     assert failed_checks(traded_dsn) == []
     assert state_digest(traded_dsn) == expected
+
+
+def _count(dsn: str, query: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query).fetchone()[0]
 
 
 def test_more_consumers_than_partitions_is_refused(lab_stack, traded_dsn):
