@@ -15,7 +15,7 @@ import pulumi  # noqa: E402
 
 from infra.cockroach_docker import DockerCockroachCluster, DockerCockroachClusterArgs  # noqa: E402
 from infra.cockroach_helm import HelmCockroachCluster, HelmCockroachClusterArgs  # noqa: E402
-from infra.config import Platform, load_config  # noqa: E402
+from infra.config import ConfigError, Platform, load_config  # noqa: E402
 from infra.docker_network import LabNetwork, LabNetworkArgs  # noqa: E402
 from infra.endpoints import KAFKA_BOOTSTRAP_IN_NETWORK, kafka_cluster_id  # noqa: E402
 from infra.k8s_namespace import LabNamespace, LabNamespaceArgs  # noqa: E402
@@ -24,7 +24,14 @@ from infra.kustomize_apps import KustomizeApps, KustomizeAppsArgs  # noqa: E402
 from infra.workload_image import WorkloadImage, WorkloadImageArgs  # noqa: E402
 from workload.stack_outputs import ADMIN_URLS, KAFKA_BOOTSTRAP, SQL_URL, TOPOLOGY  # noqa: E402
 
-cfg = load_config()
+try:
+    cfg = load_config()
+except ConfigError as exc:
+    # pulumi.RunError is how a program stops with its message and no traceback: the Python
+    # language host logs it as one error and exits non-zero (pulumi-language-python-exec:
+    # `except pulumi.RunError as e: pulumi.log.error(str(e))`; the Automation API's inline
+    # server does the same). Any other exception is logged with its whole traceback.
+    raise pulumi.RunError(str(exc)) from None
 stack = pulumi.get_stack()
 prefix = f"{pulumi.get_project()}-{stack}"
 cluster_seed = f"{pulumi.get_project()}/{stack}"

@@ -48,6 +48,7 @@ from workload.topology import (
     REPO,
     Deployment,
     Progress,
+    check_stack_config,
     check_stack_names,
     require_pulumi_cli,
     topology_for,
@@ -102,6 +103,9 @@ class SweepOptions:
         if self.users < 1 or self.market_rate <= 0 or self.duration <= 0:
             raise LabError("--users, --market-rate and --duration must be positive")
         check_stack_names(list(self.stacks))
+        for stack in self.stacks:  # every stack's config, before the first one comes up
+            if stack != EMBEDDED:
+                check_stack_config(stack)
         return self
 
 

@@ -14,8 +14,12 @@ failure and Ctrl-C alike.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import json
 import shutil
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -116,6 +120,55 @@ def check_stack_names(names: list[str], work_dir: Path = REPO) -> None:
             f"--stacks: no Pulumi.<name>.yaml for {', '.join(unknown)} in {work_dir}; "
             f"choose from {EMBEDDED}, {', '.join(known_stacks(work_dir))}"
         )
+
+
+def _config_text(value: Any) -> str:
+    """A stack file's value as the Pulumi CLI hands it to a program: a string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def check_stack_config(name: str, work_dir: Path = REPO) -> None:
+    """Check ``Pulumi.<name>.yaml`` as the Pulumi program will (``infra.config.load_config``),
+    before ``pulumi up``: a bad key fails the sweep at once with one line, not after the
+    stacks before it ran, and not as a failed update of the Automation API.
+
+    Runs the program's own checks in this process (the Automation API runs the program in
+    another one). An encrypted secret counts as set; only whether it is set is checked.
+    """
+    import pulumi
+    import yaml
+
+    if str(REPO) not in sys.path:  # infra/ is the repository's, not the installed package's
+        sys.path.insert(0, str(REPO))
+    from infra.config import ConfigError, load_config
+
+    path = stack_file(name, work_dir)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LabError(f"stack {name}: cannot read {path.name}: {why}") from None
+    config = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(config, dict):
+        raise LabError(f"stack {name}: {path.name} has no `config:` mapping of crdblab:* keys")
+    values, secret_keys = {}, []
+    for key, value in config.items():
+        if isinstance(value, dict) and "secure" in value:
+            secret_keys.append(str(key))
+            value = value["secure"]
+        values[str(key)] = _config_text(value)
+    pulumi.runtime.set_all_config(values, secret_keys)
+    try:
+        # Its warnings (no license key, ...) are for `pulumi up` to show, not this check.
+        with contextlib.redirect_stderr(io.StringIO()):
+            load_config()
+    except (ConfigError, pulumi.RunError) as exc:  # a missing required key is a RunError
+        lines = [line.strip().lstrip("- ") for line in str(exc).splitlines() if line.strip()]
+        raise LabError(f"stack {name} ({path.name}): " + " ".join(lines)) from None
 
 
 def require_pulumi_cli(which: Callable[[str], str | None] | None = None) -> str:
@@ -257,6 +310,7 @@ class PulumiTopology(Topology):
         """The Automation API's stack, created on this backend the first time."""
         require_pulumi_cli()
         check_stack_names([self.name], self.work_dir)
+        check_stack_config(self.name, self.work_dir)
         from pulumi import automation as auto
 
         return auto.create_or_select_stack(stack_name=self.name, work_dir=str(self.work_dir))
