@@ -1,10 +1,15 @@
 """The SQL anchor of "allocate one execution" against the Python engine, on the real server."""
 
 import subprocess
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.allocation_fixtures import EXECUTION_QUERY, reset_allocations, state_digest
 from workload.allocate import sql_transaction
@@ -12,6 +17,7 @@ from workload.allocate.store import AllocationStore
 from workload.db import run_transaction
 from workload.dialect import detect
 from workload.envelope import Execution
+from workload.fairprice import BlockFill
 from workload.rebalance import rebalance
 from workload.trade import TradeOptions, run_bulk
 from workload.verify import run_checks
@@ -131,3 +137,79 @@ def test_an_empty_queue_allocates_nothing(execute_only_dsn):
         assert sql_transaction.allocate_next(conn) is None
         sql_transaction.drop_queue(conn)
         assert conn.execute("SELECT to_regclass('bench.queue')").fetchone()[0] is None
+
+
+TRUNCATE_ALL = (
+    "TRUNCATE allocations.fills, allocations.block_fills, allocations.snapshots, "
+    "allocations.account_allocations, allocations.oms_outbox, trades.executions, "
+    "orders.customer_orders, orders.block_orders, orders.rebalance_requests"
+)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    accounts=st.lists(
+        st.tuples(st.uuids(), st.integers(1, 400)), min_size=1, max_size=7, unique_by=lambda a: a[0]
+    ),
+    data=st.data(),
+)
+def test_every_snapshot_is_the_one_fairprice_computes(schema_dsn, accounts, data):
+    """Half-even average price and largest remainder (ties to the ascending account id), in
+    SQL, against workload.fairprice after every execution of one block order."""
+    ordered = dict(accounts)
+    if data.draw(st.booleans()):  # equal orders: every remainder ties
+        ordered = dict.fromkeys(ordered, ordered[accounts[0][0]])
+    total = sum(ordered.values())
+    lots, left = [], total
+    while left and len(lots) < 6:
+        lot = data.draw(st.integers(1, left))
+        lots.append((lot, data.draw(st.integers(1, 10**7))))  # price in 10^-4 units
+        left -= lot
+    block, request, security = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    fill = BlockFill.open(block, ordered, "market", "XNYS")
+    with psycopg.connect(schema_dsn, autocommit=True) as conn:
+        conn.execute(TRUNCATE_ALL)
+        conn.execute(
+            "INSERT INTO orders.rebalance_requests (request_id, manager_id, model_id, "
+            "trade_date) VALUES (%s, %s, %s, '2026-01-02')",
+            (request, uuid.uuid4(), uuid.uuid4()),
+        )
+        conn.execute(
+            "INSERT INTO orders.block_orders (block_order_id, request_id, security_id, side, "
+            "quantity, account_count, trade_date) VALUES (%s, %s, %s, 'buy', %s, %s, "
+            "'2026-01-02')",
+            (block, request, security, total, len(ordered)),
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO orders.customer_orders (block_order_id, account_id, request_id, "
+                "security_id, side, quantity) VALUES (%s, %s, %s, %s, 'buy', %s)",
+                [(block, a, request, security, q) for a, q in ordered.items()],
+            )
+        for seq, (quantity, units) in enumerate(lots, 1):
+            execution = Execution(uuid.uuid4(), block, seq, "execute", quantity,
+                                  Decimal(units).scaleb(-4), None, None, None,
+                                  datetime.now(UTC))  # fmt: skip
+            conn.execute(
+                "INSERT INTO trades.executions (execution_id, block_order_id, seq, activity, "
+                "quantity, price) VALUES (%s, %s, %s, 'execute', %s, %s)",
+                (execution.execution_id, block, seq, quantity, execution.price),
+            )
+            with conn.transaction():
+                assert sql_transaction.allocate_claimed(conn, execution.execution_id, block) == 1
+            fill = fill.apply(execution).fill
+            snapshot = fill.snapshot()
+            allocated = dict(
+                conn.execute(
+                    "SELECT account_id, quantity FROM allocations.account_allocations"
+                ).fetchall()
+            )
+            prices = conn.execute(
+                "SELECT DISTINCT a.price, s.avg_price FROM allocations.account_allocations a "
+                "JOIN allocations.block_fills s USING (block_order_id)"
+            ).fetchall()
+            assert allocated == snapshot.allocations
+            assert prices == [(snapshot.avg_price, snapshot.avg_price)]
+        outbox = conn.execute("SELECT count(*) FROM allocations.oms_outbox").fetchone()[0]
+    assert outbox == (1 if fill.complete else 0)

@@ -72,7 +72,9 @@ ON CONFLICT (block_order_id) DO UPDATE SET updated_at = now()
 """
 
 # avg = notional / filled to 6 places half-even: notional has 4 places, so notional * 10^6
-# is a whole number and div/mod give the exact quotient and remainder.
+# is a whole number and div/mod give the exact quotient and remainder. Shares likewise use
+# div, never "/": sum() of INT8 is NUMERIC, whose "/" is exact division, and an INT8 column
+# would then round a fractional share instead of leaving it to the largest remainders.
 APPLY = """
 WITH state AS (
     SELECT * FROM allocations.block_fills WHERE block_order_id = {block_order_id}::uuid
@@ -86,7 +88,7 @@ WITH state AS (
     SELECT r.execution_id, r.quantity, r.price
       FROM runs AS r JOIN state AS s ON r.start_seq = s.applied_seq
 ), totals AS (
-    SELECT count(*) AS applied, coalesce(sum(quantity), 0) AS quantity,
+    SELECT count(*) AS applied, coalesce(sum(quantity), 0)::int8 AS quantity,
            coalesce(sum(quantity * price), 0) AS notional
       FROM prefix
 ), advanced AS (
@@ -111,7 +113,8 @@ WITH state AS (
                AS status
       FROM divided AS d
 ), shares AS (
-    SELECT c.account_id, p.filled, (p.filled * c.quantity) / sum(c.quantity) OVER () AS share,
+    SELECT c.account_id, p.filled,
+           div(p.filled * c.quantity, sum(c.quantity) OVER ())::int8 AS share,
            mod(p.filled * c.quantity, sum(c.quantity) OVER ()) AS remainder
       FROM priced AS p
       JOIN orders.customer_orders AS c ON c.block_order_id = p.block_order_id
