@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -51,6 +52,7 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
 
 from bench.cdc_relay import running_relay, wait_for  # noqa: E402
 from bench.locust_overhead import empty_allocations  # noqa: E402
@@ -67,10 +69,10 @@ from workload.verify import run_checks  # noqa: E402
 DBWORKLOAD = Path(sys.executable).with_name("dbworkload")
 WRITE_CHUNK = 500  # executions per transaction when the pipeline's source is written again
 SETTLE = 4.0  # seconds without a new partition assignment: the consumer group is stable
-COLUMNS = (
-    "execution_id, block_order_id, seq, activity, quantity, price, ref_execution_id, "
-    "order_type, destination"
-)
+COLUMNS = sql.SQL(", ").join(
+    map(sql.Identifier, ("execution_id", "block_order_id", "seq", "activity", "quantity",
+                         "price", "ref_execution_id", "order_type", "destination"))
+)  # fmt: skip
 
 # Whole block orders, in the order of their first execution, up to about the target: a
 # block order cut short would keep the block strategy waiting for its completion.
@@ -88,15 +90,15 @@ DELETE FROM trades.executions
 """
 
 # The source the pipeline writes again, in commit order; executed_at is set anew on writing.
-SOURCE = f"""
+SOURCE = sql.SQL("""
 CREATE TABLE bench.source AS
-SELECT row_number() OVER (ORDER BY executed_at, seq, block_order_id) AS n, {COLUMNS}
+SELECT row_number() OVER (ORDER BY executed_at, seq, block_order_id) AS n, {columns}
   FROM trades.executions
-"""  # noqa: S608 (constant columns)
-WRITE_AGAIN = f"""
-INSERT INTO trades.executions ({COLUMNS}, executed_at)
-SELECT {COLUMNS}, now() FROM bench.source WHERE n BETWEEN %s AND %s ORDER BY n
-"""  # noqa: S608 (constant columns)
+""").format(columns=COLUMNS)
+WRITE_AGAIN = sql.SQL("""
+INSERT INTO trades.executions ({columns}, executed_at)
+SELECT {columns}, now() FROM bench.source WHERE n BETWEEN %s AND %s ORDER BY n
+""").format(columns=COLUMNS)
 TIMED = (
     "SELECT count(*), extract(epoch FROM max(received_at) - min(received_at))::float8 "
     "FROM allocations.fills"
@@ -364,6 +366,8 @@ def main() -> int:
                      "--clients, --repeat >= 1")  # fmt: skip
     if "dbworkload" in ways:
         check_tools()
+    # A terminated benchmark unwinds like an interrupted one: the stack and the relay stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with (
         tempfile.TemporaryDirectory(prefix="lab-bench-") as tmp,
