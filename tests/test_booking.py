@@ -294,7 +294,8 @@ def test_a_booker_killed_mid_run_is_restarted_and_verify_passes(allocated_dsn, l
     """SIGKILL the ``book`` command while it waits inside a booking transaction, start it
     again: everything is booked once, settled once, and on the topic."""
     app = f"booktest{os.getpid()}{next(_names)}"
-    dsn = f"{allocated_dsn}?application_name={app}"
+    separator = "&" if "?" in allocated_dsn else "?"
+    dsn = f"{allocated_dsn}{separator}application_name={app}"
     topic = topic_name()
     # With one worker claiming one block order at a time, sells are booked in outbox order.
     # Hold the row lock of the request whose first sell comes last: the booker books the
