@@ -55,7 +55,7 @@ from workload.trade import TradeOptions, run_bulk
 REPO = Path(__file__).resolve().parent.parent
 ALLOCATED = "SELECT coalesce(sum(executions_applied), 0) FROM allocations.block_fills"
 
-# With --tracemalloc the consumer runs under this wrapper: `python -X tracemalloc=10 -c
+# With --tracemalloc the consumer runs under this wrapper: `python -X tracemalloc=1 -c
 # TRACEMALLOC_CHILD SNAPSHOT_DIR allocate ...` writes a snapshot of Python's heap on SIGUSR1.
 TRACEMALLOC_CHILD = """
 import runpy, signal, sys, tracemalloc
@@ -276,13 +276,13 @@ def run_memory(args, dsn: str, bootstrap: str, run_dir: Path, topic: str) -> lis
     snapshots.mkdir(exist_ok=True)
     python = [sys.executable, "-m", "workload"]
     if args.tracemalloc:
-        python = [sys.executable, "-X", "tracemalloc=10", "-c", TRACEMALLOC_CHILD, str(snapshots)]
+        python = [sys.executable, "-X", "tracemalloc=1", "-c", TRACEMALLOC_CHILD, str(snapshots)]
     command = [
         *python, "allocate", "--dsn", dsn,
         "--kafka-bootstrap", bootstrap, "--run-dir", str(run_dir), "--topic", topic,
         "--group", f"memory-{uuid.uuid4().hex[:8]}", "--strategy", "micro-batch",
         "--consumers", "1", "--batch-size", str(args.memory_batch_size),
-        "--until-idle", f"{max(args.until_idle, 3.0)}s", "--no-record",
+        "--until-idle", f"{args.until_idle}s", "--no-record",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     thresholds = list(range(args.first_sample, args.executions + 1, args.first_sample))
@@ -377,12 +377,15 @@ def main(argv: list[str] | None = None) -> int:
         cdc_options = CdcOptions(topics=TopicSpec(name=topic, partitions=args.partitions))
         cdc.start(endpoints, settings, cdc_options)
         try:
-            published = 0
+            published, passed = 0, True
             if not args.skip_grid:
-                print(f"-- (a) grid: trade {grid_day}, relay into {args.partitions} partitions")
+                print(f"-- (a) grid: trade {grid_day}, relay into {args.partitions} partitions",
+                      flush=True)  # fmt: skip
                 published += trade_day(info.dsn, grid_day, args.grid_executions)
                 wait_published(run_dir, published)
-                print_grid(args, run_grid(args, info.dsn, info.kafka_bootstrap, topic))
+                cells = run_grid(args, info.dsn, info.kafka_bootstrap, topic)
+                print_grid(args, cells)
+                passed = all(ok for _, ok in cells.values())
             if not args.skip_memory:
                 print(f"-- (b) memory: trade {memory_day}, one consumer process", flush=True)
                 published += trade_day(info.dsn, memory_day, int(args.executions * 1.05))
@@ -390,11 +393,13 @@ def main(argv: list[str] | None = None) -> int:
                     raise LabError(f"only {published:,} executions on the topic; raise --accounts")
                 wait_published(run_dir, published)
                 samples = run_memory(args, info.dsn, info.kafka_bootstrap, run_dir, topic)
-                print_memory(args, samples, verified(info.dsn))
+                ok = verified(info.dsn)
+                print_memory(args, samples, ok)
+                passed = passed and ok
         finally:
             cdc.stop(endpoints, settings, cdc_options, drop_slot=True)
     print(f"\nmachine: {machine()}; finished in {time.perf_counter() - started:,.0f} s")
-    return 0
+    return 0 if passed else 1  # a run that broke an invariant measured nothing
 
 
 if __name__ == "__main__":
