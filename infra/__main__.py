@@ -114,6 +114,7 @@ else:
             sql_url=crdb.sql_url,
             admin_urls=crdb.admin_urls,
             topology=cfg.topology,
+            secure=cfg.secure,
             depends_on=(crdb,),
         ),
     )

@@ -46,6 +46,9 @@ class KustomizeAppsArgs:
     sql_url: pulumi.Input[str]
     admin_urls: pulumi.Input[list[str]]
     topology: str
+    secure: bool = False
+    """A secure cluster: the pods have no service-role passwords yet (see docs/infra.md), so
+    they connect with the stack's own SQL user (LAB_SERVICE_ROLES=off)."""
     depends_on: tuple[pulumi.Resource, ...] = ()
     """Applied before any manifest: the apps need CockroachDB up when they start."""
 
@@ -127,6 +130,19 @@ def size_consumers(consumers: int, strategy: str) -> Transformation:
     return transform
 
 
+def service_roles(enabled: bool) -> Transformation:
+    """Turn the kit's service roles off in every container that reads the stack outputs."""
+
+    def transform(manifest: Manifest, _opts: pulumi.ResourceOptions) -> None:
+        if enabled or manifest.get("kind") != "Deployment":
+            return
+        for container in _containers(manifest):
+            if any(e.get("name") == "LAB_STACK_OUTPUTS" for e in container.get("env", [])):
+                set_env(container, "LAB_SERVICE_ROLES", "off")
+
+    return transform
+
+
 def fill_stack_outputs(document: pulumi.Input[str]) -> Transformation:
     def transform(manifest: Manifest, _opts: pulumi.ResourceOptions) -> None:
         if _is(manifest, "Secret", STACK_OUTPUTS_MANIFEST):
@@ -153,6 +169,7 @@ def topology_transformations(
         size_kafka(args),
         size_locust(args.locust_workers, args.locust_web_host),
         size_consumers(args.consumers, args.strategy),
+        service_roles(not args.secure),
         fill_stack_outputs(stack_outputs_json),
         wait_for(args.depends_on),
     ]

@@ -131,6 +131,9 @@ def test_k8s9_runs_the_built_workload_image_with_the_configured_commands(k8s9):
     master = deployments["locust-master"]
     assert container(master)["args"][:2] == ["-f", "locustfiles/allocation.py"]
     assert env(master)["LOCUST_WEB_HOST"] == "127.0.0.1"
+    # Secure by default, where the pods have no service-role passwords: roles off there.
+    for name in ("allocation-consumer", "locust-master", "locust-worker"):
+        assert env(deployments[name])["LAB_SERVICE_ROLES"] == "off"
 
 
 def test_k8s9_hands_the_pods_the_stack_outputs(k8s9):
@@ -170,6 +173,8 @@ def test_configured_strategy_web_host_overlay_and_insecure_mode():
     assert consumer["imagePullPolicy"] == "Never"  # from the kind overlay
     assert consumer["image"] == "registry.example/crdblab:7"
     assert env(deployments["locust-master"])["LOCUST_WEB_HOST"] == "0.0.0.0"  # noqa: S104
+    # Insecure: no passwords needed, so the pods connect as their service roles.
+    assert "LAB_SERVICE_ROLES" not in env(deployments["allocation-consumer"])
     assert run.mocks.of_type("docker:index/image:Image") == []
     (release,) = run.mocks.of_type(RELEASE)
     assert release.inputs["values"]["tls"]["enabled"] is False
