@@ -11,7 +11,8 @@ hits all alike), the allocations domain is emptied and every execution is alloca
    ``pgbench -n -M prepared -c N -j 2 -t E/N``: the ceiling of row-at-a-time transactions;
 2. dbworkload runs the same SQL text as a workload class (bench/dbworkload_allocation.py):
    ``dbworkload run -c N -x 2 -i E``;
-3. Locust runs it in N transaction users in one process (locustfiles/sql_allocation.py);
+3. Locust runs it in N transaction users (locustfiles/sql_allocation.py), in one process
+   unless ``--locust-processes`` says more;
 4. the pipeline: executions written again in commit order (500 per transaction, as the
    market writes them), the CDC relay (a process, as in real use) publishing them to a topic
    of N partitions, and ``run_allocation`` with N consumers per strategy (block,
@@ -61,6 +62,7 @@ from workload.allocate import STRATEGIES, AllocatorOptions, RunOptions, run_allo
 from workload.allocate import sql_transaction as anchor  # noqa: E402
 from workload.dialect import detect  # noqa: E402
 from workload.embedded import EmbeddedStack  # noqa: E402
+from workload.errors import LabError  # noqa: E402
 from workload.rebalance import rebalance  # noqa: E402
 from workload.topics import TopicSpec, ensure_topics  # noqa: E402
 from workload.trade import TradeOptions, run_bulk  # noqa: E402
@@ -105,9 +107,8 @@ TIMED = (
 )
 
 
-class BenchError(SystemExit):
-    def __init__(self, message: str):
-        super().__init__(f"error: {message}")
+class BenchError(LabError):
+    """A failed way or a missing tool: one ``error:`` line, exit status 2."""
 
 
 def machine() -> str:
@@ -355,15 +356,12 @@ def main() -> int:
     ways = [w for w in args.ways.split(",") if w]
     unknown = [s for s in strategies if s not in STRATEGIES]
     unknown += [w for w in ways if w not in ("pgbench", "dbworkload", "locust", "pipeline")]
-    if (
-        unknown
-        or args.clients < 1
-        or args.executions < args.clients
-        or args.repeat < 1
-        or args.locust_processes < 1
-    ):
-        parser.error(f"bad arguments {unknown or ''}: --clients >= 1, --executions >= "
-                     "--clients, --repeat >= 1")  # fmt: skip
+    if unknown:
+        parser.error(f"unknown ways or strategies: {', '.join(unknown)}")
+    if args.clients < 1 or args.executions < args.clients or args.repeat < 1:
+        parser.error("--clients and --repeat must be >= 1, --executions >= --clients")
+    if args.locust_processes < 1:
+        parser.error("--locust-processes must be >= 1")
     if "dbworkload" in ways:
         check_tools()
     # A terminated benchmark unwinds like an interrupted one: the stack and the relay stop.
@@ -436,4 +434,8 @@ def print_table(args, total: int, trials: dict[str, list[tuple[int, float]]]) ->
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
