@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.allocation_fixtures import EXECUTION_QUERY, reset_allocations, state_digest
+from tests.test_locust_runs import request_stats, run_locust
 from workload.allocate import sql_transaction
 from workload.allocate.store import AllocationStore
 from workload.db import run_transaction
@@ -128,6 +129,25 @@ def test_a_later_seq_first_waits_and_the_gap_closing_one_applies_both(execute_on
             (block,),
         ).fetchone()
     assert (applied_seq, executions) == (2, 2)
+
+
+def test_locust_sql_users_allocate_the_queue_once_and_stop(execute_only_dsn, tmp_path):
+    expected = allocate_with_the_store(execute_only_dsn)
+    queued = refill(execute_only_dsn)
+    log = tmp_path / "locust.log"
+    code = run_locust(
+        "sql_allocation.py", "--headless", "-u", "3", "-r", "100", "--run-time", "120s",
+        "--pool-size", "3", "--skip-verify", "--dsn", execute_only_dsn,
+        "--run-dir", str(tmp_path / ".lab"), "--results-dir", str(tmp_path / "results"),
+        "--json-file", str(tmp_path / "stats"), "SqlAllocationUser",
+        log=log, timeout=150,
+    )  # fmt: skip
+    assert code == 0, log.read_text()[-3000:]
+    stats = request_stats(tmp_path / "stats")[("transaction", "allocate one execution (SQL)")]
+    assert stats["num_failures"] == 0
+    assert stats["num_requests"] >= queued  # and one empty claim per user at the end
+    assert failed_checks(execute_only_dsn) == []
+    assert state_digest(execute_only_dsn) == expected
 
 
 def test_an_empty_queue_allocates_nothing(execute_only_dsn):
