@@ -31,9 +31,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP) ## every benchmark script in turn (long: tens of minutes; see docs/benchmarks.md)
+# The benchmark scripts, in the order docs/benchmarks.md presents them (bench/_common.py and
+# bench/dbworkload_allocation.py are modules the scripts use, not benchmarks).
+BENCHMARKS ?= seed_speed rebalance_trade cdc_relay allocate_strategies allocate_scaling anchors locust_overhead soak
+
+bench: $(STAMP) ## benchmark-only packages, then each of $(BENCHMARKS) (about an hour; BENCHMARKS=anchors runs one)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
-	for script in bench/*.py; do echo "== $$script"; $(PY) $$script $(ARGS) || exit 1; done
+	for name in $(BENCHMARKS); do echo "== bench/$$name.py"; $(PY) bench/$$name.py $(ARGS) || exit 1; done
 
 down: $(STAMP) ## stop the embedded stack of the default run directory
 	$(PY) -m workload down
