@@ -111,6 +111,11 @@ def print_report(report: AllocationReport) -> None:
         f"retries {d['retries']['retries']}; end-to-end p99 {e2e['p99_ms']} ms; "
         f"{d['completed_blocks']:,} block orders completed; duplicates {d['duplicates']:,}"
     )
+    if d["database_outages"]:
+        print(
+            f"  database outages survived: {d['database_outages']} "
+            f"({d['outage_seconds']:.1f} s waiting for the database to come back)"
+        )
     if d["dead_letters"]:
         letters = ", ".join(f"{k} {v}" for k, v in sorted(d["dead_letters"].items()))
         print(f"  dead letters: {letters}")
