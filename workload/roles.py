@@ -127,12 +127,20 @@ def role_names() -> list[str]:
 # -- URLs -------------------------------------------------------------------------------------
 
 
+_CLIENT_CERT = ("sslcert", "sslkey")
+
+
 def with_user(url: str, user: str, password: str | None = None) -> str:
     """``url`` connecting as ``user``: host, port, database and parameters (``passfile``
-    included) kept, the admin's password dropped, ``password`` (if any) put in its place."""
+    included) kept, the admin's password dropped, ``password`` (if any) put in its place.
+
+    The admin's client certificate (``sslcert``, ``sslkey``) is dropped too: it names the admin,
+    and a secure CockroachDB cluster authenticates any connection that presents a certificate
+    by that certificate alone, so ``user`` could never log in with it."""
     if "://" not in url:
         params = conninfo_to_dict(url)
-        params.pop("password", None)
+        for admin_only in ("password", *_CLIENT_CERT):
+            params.pop(admin_only, None)
         params["user"] = user
         if password is not None:
             params["password"] = password
@@ -142,7 +150,10 @@ def with_user(url: str, user: str, password: str | None = None) -> str:
     userinfo = quote(user, safe="")
     if password is not None:
         userinfo += ":" + quote(password, safe="")
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{hosts}"))
+    query = "&".join(
+        item for item in parts.query.split("&") if item and item.split("=")[0] not in _CLIENT_CERT
+    )
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{hosts}", query=query))
 
 
 def url_user(url: str) -> str | None:

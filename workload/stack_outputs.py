@@ -16,4 +16,9 @@ ADMIN_URLS = "adminUrls"
 TOPOLOGY = "topology"
 """A short name for what was provisioned, e.g. ``docker-3n-2cpu``; tags every run record."""
 
+SERVICE_PASSWORDS = "servicePasswords"
+"""Secure clusters only, a secret: ``{"LAB_<SERVICE>_PASSWORD": password, ...}``, the passwords
+of the service roles (workload.roles), which `schema create` sets and the services log in with.
+Not in ALL: an insecure stack has none."""
+
 ALL = (SQL_URL, KAFKA_BOOTSTRAP, ADMIN_URLS, TOPOLOGY)
