@@ -21,8 +21,15 @@ from infra.endpoints import KAFKA_BOOTSTRAP_IN_NETWORK, kafka_cluster_id  # noqa
 from infra.k8s_namespace import LabNamespace, LabNamespaceArgs  # noqa: E402
 from infra.kafka_docker import DockerKafkaCluster, DockerKafkaClusterArgs  # noqa: E402
 from infra.kustomize_apps import KustomizeApps, KustomizeAppsArgs  # noqa: E402
+from infra.service_passwords import service_passwords  # noqa: E402
 from infra.workload_image import WorkloadImage, WorkloadImageArgs  # noqa: E402
-from workload.stack_outputs import ADMIN_URLS, KAFKA_BOOTSTRAP, SQL_URL, TOPOLOGY  # noqa: E402
+from workload.stack_outputs import (  # noqa: E402
+    ADMIN_URLS,
+    KAFKA_BOOTSTRAP,
+    SERVICE_PASSWORDS,
+    SQL_URL,
+    TOPOLOGY,
+)
 
 try:
     cfg = load_config()
@@ -35,6 +42,12 @@ except ConfigError as exc:
 stack = pulumi.get_stack()
 prefix = f"{pulumi.get_project()}-{stack}"
 cluster_seed = f"{pulumi.get_project()}/{stack}"
+# A secure cluster authenticates the kit's service roles by password: one per role, derived
+# from the stack's secret sqlPassword (infra/service_passwords.py). None where no role needs one
+# (insecure) or there is nothing to derive them from (config.py warns).
+role_passwords = (
+    service_passwords(cfg.sql_password) if cfg.secure and cfg.sql_password is not None else None
+)
 
 if cfg.platform is Platform.DOCKER:
     network = LabNetwork("network", LabNetworkArgs(name=prefix))
@@ -115,6 +128,7 @@ else:
             admin_urls=crdb.admin_urls,
             topology=cfg.topology,
             secure=cfg.secure,
+            service_passwords=role_passwords,
             depends_on=(crdb,),
         ),
     )
@@ -129,5 +143,7 @@ exports = {
     ADMIN_URLS: admin_urls,
     TOPOLOGY: cfg.topology,
 }
+if role_passwords is not None:
+    exports[SERVICE_PASSWORDS] = role_passwords
 for name, value in exports.items():
     pulumi.export(name, value)

@@ -208,6 +208,14 @@ def check_settings(
             f"{key('sqlPassword')} is not set. "
             f"Fix: pulumi config set --secret {key('sqlPassword')} <password>"
         )
+    secure = settings["secure"]
+    if platform == Platform.KUBERNETES.value and secure and not has_password:
+        warnings.append(
+            f"{key('secure')} is true but {key('sqlPassword')} is not set: the service roles "
+            "(lab_allocator, ...) have no passwords to log in with, so the pods connect as "
+            "root (LAB_SERVICE_ROLES=off). "
+            f"Set one with: pulumi config set --secret {key('sqlPassword')} <password>"
+        )
     if settings.get("organization") and not has_license:
         warnings.append(
             f"{key('organization')} is set but {key('licenseKey')} is not; the organization "

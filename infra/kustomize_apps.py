@@ -7,6 +7,7 @@ of a manifest dict, so tests can apply it to the real rendered manifests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,9 +15,12 @@ from typing import Any
 
 import pulumi
 from pulumi_kubernetes import kustomize
+from pulumi_kubernetes.core import v1 as core
+from pulumi_kubernetes.meta import v1 as meta
 
+from infra import service_passwords as passwords
 from infra.endpoints import KAFKA_CLIENT_PORT
-from workload import stack_outputs
+from workload import roles, stack_outputs
 
 WORKLOAD_IMAGE_PLACEHOLDER = "crdblab-workload"
 """The image name k8s/base uses for the kit's own containers; replaced by the built image."""
@@ -47,8 +51,11 @@ class KustomizeAppsArgs:
     admin_urls: pulumi.Input[list[str]]
     topology: str
     secure: bool = False
-    """A secure cluster: the pods have no service-role passwords yet (see docs/infra.md), so
-    they connect with the stack's own SQL user (LAB_SERVICE_ROLES=off)."""
+    service_passwords: pulumi.Input[dict[str, str]] | None = None
+    """``LAB_<SERVICE>_PASSWORD`` -> password (a secret), for a secure cluster: they go into
+    the Secret ``crdblab-service-passwords`` and every pod that reads the stack outputs gets
+    them by ``secretKeyRef``. A secure cluster without them (no ``crdblab:sqlPassword``) has
+    its pods connect with the stack's own SQL user (LAB_SERVICE_ROLES=off)."""
     depends_on: tuple[pulumi.Resource, ...] = ()
     """Applied before any manifest: the apps need CockroachDB up when they start."""
 
@@ -130,15 +137,45 @@ def size_consumers(consumers: int, strategy: str) -> Transformation:
     return transform
 
 
+def _reads_stack_outputs(container: Manifest) -> bool:
+    return any(e.get("name") == "LAB_STACK_OUTPUTS" for e in container.get("env", []))
+
+
+def set_env_from_secret(container: Manifest, name: str, secret: str, key: str) -> None:
+    """Set one environment variable to a Secret's key, never to a literal value."""
+    env = container.setdefault("env", [])
+    entry = {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+    for index, existing in enumerate(env):
+        if existing.get("name") == name:
+            env[index] = entry
+            return
+    env.append(entry)
+
+
 def service_roles(enabled: bool) -> Transformation:
     """Turn the kit's service roles off in every container that reads the stack outputs."""
 
     def transform(manifest: Manifest, _opts: pulumi.ResourceOptions) -> None:
-        if enabled or manifest.get("kind") != "Deployment":
+        if enabled:
             return
         for container in _containers(manifest):
-            if any(e.get("name") == "LAB_STACK_OUTPUTS" for e in container.get("env", [])):
+            if _reads_stack_outputs(container):
                 set_env(container, "LAB_SERVICE_ROLES", "off")
+
+    return transform
+
+
+def service_password_refs(enabled: bool) -> Transformation:
+    """Every ``LAB_<SERVICE>_PASSWORD`` from the service-passwords Secret, in every container
+    that reads the stack outputs (its ``schema create`` sets them, its services log in)."""
+
+    def transform(manifest: Manifest, _opts: pulumi.ResourceOptions) -> None:
+        if not enabled:
+            return
+        for container in _containers(manifest):
+            if _reads_stack_outputs(container):
+                for service in roles.SERVICES:
+                    set_env_from_secret(container, service.env, passwords.SECRET_NAME, service.env)
 
     return transform
 
@@ -169,7 +206,10 @@ def topology_transformations(
         size_kafka(args),
         size_locust(args.locust_workers, args.locust_web_host),
         size_consumers(args.consumers, args.strategy),
-        service_roles(not args.secure),
+        # Insecure: the roles need no password. Secure: they need theirs, so roles stay on
+        # only where the stack has them.
+        service_roles(not args.secure or args.service_passwords is not None),
+        service_password_refs(args.secure and args.service_passwords is not None),
         fill_stack_outputs(stack_outputs_json),
         wait_for(args.depends_on),
     ]
@@ -209,6 +249,20 @@ class KustomizeApps(pulumi.ComponentResource):
                 indent=2,
             )
         )
+        if args.secure and args.service_passwords is not None:
+            secret = core.Secret(
+                f"{resource_name}-service-passwords",
+                metadata=meta.ObjectMetaArgs(
+                    name=passwords.SECRET_NAME,
+                    namespace=args.namespace,
+                    labels={"app.kubernetes.io/part-of": "crdblab"},
+                ),
+                type="Opaque",
+                string_data=pulumi.Output.secret(args.service_passwords),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            # The pods must not start before the Secret they read their passwords from.
+            args = dataclasses.replace(args, depends_on=(*args.depends_on, secret))
         kustomize.Directory(
             f"{resource_name}-kustomize",
             directory=args.directory,

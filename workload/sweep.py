@@ -29,7 +29,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from workload import cdc, schema
+from workload import cdc, roles, schema
 from workload import report as reports
 from workload.allocate.consumer import STRATEGIES
 from workload.cdc.options import CdcOptions
@@ -223,7 +223,10 @@ def locust_command(
     ]  # fmt: skip
     if config.batch_size is not None:
         args += ["--batch-size", str(config.batch_size)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    # The service-role passwords stay: `schema create` set them (from a secure stack's
+    # outputs, see PulumiTopology, or the user's environment) and Locust's services log in.
+    passwords = {service.env for service in roles.SERVICES}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_") or k in passwords}
     settings, endpoints = deployment.settings, deployment.endpoints
     env.update(
         LAB_TOPOLOGY=endpoints.topology,

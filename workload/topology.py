@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import shutil
 import sys
 import time
@@ -31,6 +32,7 @@ import psycopg
 from confluent_kafka import KafkaException
 from psycopg.conninfo import conninfo_to_dict
 
+from workload import roles, stack_outputs
 from workload.embedded import EmbeddedStack
 from workload.endpoints import EMBEDDED_TOPOLOGY, Endpoints
 from workload.errors import LabError
@@ -216,6 +218,12 @@ def settings_from_outputs(outputs: Mapping[str, Any], base: Settings, stack: str
     return dataclasses.replace(base, **values, sources=sources)
 
 
+def password_env(outputs: Mapping[str, Any]) -> dict[str, str]:
+    """The service-role passwords a secure stack exported, as ``LAB_<SERVICE>_PASSWORD``."""
+    exported = outputs.get(stack_outputs.SERVICE_PASSWORDS) or {}
+    return {s.env: str(exported[s.env]) for s in roles.SERVICES if exported.get(s.env)}
+
+
 def endpoints_from_settings(settings: Settings) -> Endpoints:
     assert settings.dsn is not None
     return Endpoints(
@@ -299,6 +307,23 @@ class PulumiTopology(Topology):
         self.work_dir = work_dir
         self.healthy_timeout = healthy_timeout
         self._stack = None
+        self._saved_env: dict[str, str | None] = {}
+
+    def _use_passwords(self, passwords: Mapping[str, str]) -> None:
+        """The stack's service-role passwords into this process's environment, where `schema
+        create` and the services read them (and the sweep's children inherit them), until
+        ``__exit__``: environment only, never a command line or a log."""
+        for name, password in passwords.items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = password
+
+    def _restore_env(self) -> None:
+        saved, self._saved_env = self._saved_env, {}
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
     def plan(self) -> list[str]:
         return [
@@ -327,6 +352,7 @@ class PulumiTopology(Topology):
             result = self._stack.up(on_output=self._pulumi_line)
             outputs = output_values(result.outputs)
             settings = settings_from_outputs(outputs, self.settings, self.name)
+            self._use_passwords(password_env(outputs))
             endpoints = endpoints_from_settings(settings)
             self.progress(
                 f"[{self.name}] up: {redact_url(endpoints.dsn)}, Kafka {endpoints.kafka_bootstrap}"
@@ -340,6 +366,7 @@ class PulumiTopology(Topology):
         return Deployment(endpoints, settings, outputs)
 
     def __exit__(self, *exc) -> None:
+        self._restore_env()
         if self._stack is None:
             return
         stack, self._stack = self._stack, None

@@ -93,6 +93,18 @@ def test_secure_kubernetes_needs_no_password():
     assert check(platform="kubernetes", secure=True, has_password=False).errors == ()
 
 
+def test_secure_kubernetes_without_a_password_warns_that_service_roles_are_off():
+    result = check(platform="kubernetes", secure=True, has_password=False)
+    (warning,) = [w for w in result.warnings if "sqlPassword" in w]
+    assert "LAB_SERVICE_ROLES=off" in warning
+    assert "pulumi config set --secret crdblab:sqlPassword" in warning
+    for quiet in (
+        check(platform="kubernetes", secure=True, has_password=True),
+        check(platform="kubernetes", secure=False, has_password=False),
+    ):
+        assert not any("sqlPassword" in w for w in quiet.warnings)
+
+
 def test_every_error_is_reported_at_once():
     result = check(nodes=0, strategy="nope", platform="x")
     joined = "\n".join(result.errors)

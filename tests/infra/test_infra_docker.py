@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,16 @@ import textwrap
 import pytest
 from infra_harness import REPO, run_stack, secret_values
 
-from workload.stack_outputs import ADMIN_URLS, KAFKA_BOOTSTRAP, SQL_URL, TOPOLOGY
+from infra.service_passwords import derive
+from workload import sweep, topology
+from workload.roles import SERVICES
+from workload.stack_outputs import (
+    ADMIN_URLS,
+    KAFKA_BOOTSTRAP,
+    SERVICE_PASSWORDS,
+    SQL_URL,
+    TOPOLOGY,
+)
 
 CONTAINER = "docker:index/container:Container"
 
@@ -173,6 +183,50 @@ def test_secure_docker_uses_certificates_and_a_secret_password():
     assert url.startswith("postgresql://lab:s3cr3t%21@localhost:26257,")
     assert "sslmode=verify-full" in url and "/.lab/certs/docker-3/ca.crt" in url
     assert run.outputs[ADMIN_URLS][0] == "https://localhost:8080"
+
+
+def test_secure_docker_exports_one_secret_password_per_service_role(monkeypatch):
+    run = run_stack(
+        "docker-3",
+        overrides={"crdblab:secure": "true"},
+        secrets={"crdblab:sqlPassword": "s3cr3t!"},
+    )
+    assert SERVICE_PASSWORDS in run.secret_outputs
+    exported = run.outputs[SERVICE_PASSWORDS]
+    assert exported == {s.env: derive("s3cr3t!", s.role) for s in SERVICES}
+    assert len(set(exported.values())) == len(SERVICES)
+    assert all(len(p) == 64 and int(p, 16) >= 0 for p in exported.values())  # hex: no escaping
+    # They follow the stack's sqlPassword: another one, other passwords.
+    assert derive("other", "lab_allocator") != exported["LAB_ALLOCATOR_PASSWORD"]
+    # No container of the stack is handed them, in plain text or otherwise.
+    for registration in run.mocks.registrations:
+        assert not any(p in str(registration.raw_inputs) for p in exported.values())
+
+    # A sweep of the stack hands them to `schema create` and to its children by environment,
+    # only while the stack is up.
+    assert topology.password_env(run.outputs) == exported
+    monkeypatch.setenv("LAB_TRADER_PASSWORD", "users-own")
+    monkeypatch.delenv("LAB_ALLOCATOR_PASSWORD", raising=False)
+    stack = topology.PulumiTopology("docker-3", topology.Settings(), progress=lambda _: None)
+    stack._use_passwords(topology.password_env(run.outputs))
+    assert os.environ["LAB_ALLOCATOR_PASSWORD"] == exported["LAB_ALLOCATOR_PASSWORD"]
+    assert os.environ["LAB_TRADER_PASSWORD"] == exported["LAB_TRADER_PASSWORD"]
+    endpoints = topology.Endpoints("postgresql://lab@localhost:26257/d", "k:9092", "t", False)
+    deployment = topology.Deployment(endpoints, topology.Settings())
+    configuration = sweep.Configuration("docker-3", "block", 1, None)
+    args, env = sweep.locust_command(configuration, sweep.SweepOptions(), deployment, "t", "g")
+    assert {k: env[k] for k in exported} == exported
+    assert not any(p in " ".join(args) for p in exported.values())  # never on a command line
+    stack.__exit__(None, None, None)
+    assert "LAB_ALLOCATOR_PASSWORD" not in os.environ
+    assert os.environ["LAB_TRADER_PASSWORD"] == "users-own"
+
+
+def test_insecure_docker_exports_no_service_passwords(docker3):
+    # An insecure cluster accepts no passwords at all, even with a sqlPassword set.
+    assert SERVICE_PASSWORDS not in docker3.outputs
+    run = run_stack("docker-1", secrets={"crdblab:sqlPassword": "unused"})
+    assert SERVICE_PASSWORDS not in run.outputs
 
 
 def test_invalid_stack_config_stops_the_program_before_any_resource():

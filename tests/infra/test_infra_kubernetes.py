@@ -11,8 +11,17 @@ import json
 import pytest
 from infra_harness import requires_kustomize, run_stack, secret_values
 
+from infra import service_passwords as passwords
 from infra.endpoints import kafka_cluster_id
-from workload.stack_outputs import ADMIN_URLS, ALL, KAFKA_BOOTSTRAP, SQL_URL, TOPOLOGY
+from workload.roles import SERVICES, service_url
+from workload.stack_outputs import (
+    ADMIN_URLS,
+    ALL,
+    KAFKA_BOOTSTRAP,
+    SERVICE_PASSWORDS,
+    SQL_URL,
+    TOPOLOGY,
+)
 
 pytestmark = requires_kustomize
 
@@ -131,9 +140,14 @@ def test_k8s9_runs_the_built_workload_image_with_the_configured_commands(k8s9):
     master = deployments["locust-master"]
     assert container(master)["args"][:2] == ["-f", "locustfiles/allocation.py"]
     assert env(master)["LOCUST_WEB_HOST"] == "127.0.0.1"
-    # Secure by default, where the pods have no service-role passwords: roles off there.
+    # Secure by default, but this stack has no sqlPassword to derive the service-role
+    # passwords from: roles off there, and pulumi up says how to turn them on.
     for name in ("allocation-consumer", "locust-master", "locust-worker"):
         assert env(deployments[name])["LAB_SERVICE_ROLES"] == "off"
+        assert not any(key.endswith("_PASSWORD") for key in env(deployments[name]))
+    assert any("crdblab:sqlPassword is not set" in w for w in k8s9.warnings)
+    assert SERVICE_PASSWORDS not in k8s9.outputs
+    assert passwords.SECRET_NAME not in manifests(k8s9, "Secret")
 
 
 def test_k8s9_hands_the_pods_the_stack_outputs(k8s9):
@@ -179,3 +193,67 @@ def test_configured_strategy_web_host_overlay_and_insecure_mode():
     (release,) = run.mocks.of_type(RELEASE)
     assert release.inputs["values"]["tls"]["enabled"] is False
     assert "sslmode=disable" in run.outputs[SQL_URL]
+
+
+SQL_PASSWORD = "k8s-s3cr3t!"
+APP_DEPLOYMENTS = ("allocation-consumer", "locust-master", "locust-worker")
+
+
+@pytest.fixture(scope="module")
+def k8s3_roles():
+    """A secure Kubernetes stack with a sqlPassword: its service roles get passwords."""
+    return run_stack("k8s-3", secrets={"crdblab:sqlPassword": SQL_PASSWORD})
+
+
+def test_secure_k8s_keeps_one_secret_password_per_service_role(k8s3_roles):
+    secret = manifests(k8s3_roles, "Secret")[passwords.SECRET_NAME]
+    assert secret["metadata"]["namespace"] == "crdblab"
+    expected = {s.env: passwords.derive(SQL_PASSWORD, s.role) for s in SERVICES}
+    assert secret["stringData"] == expected
+    assert len(set(expected.values())) == len(SERVICES)  # one per role, none shared
+    (registration,) = [
+        r
+        for r in k8s3_roles.mocks.of_type("kubernetes:core/v1:Secret")
+        if r.inputs["metadata"]["name"] == passwords.SECRET_NAME
+    ]
+    assert secret_values(registration.raw_inputs["stringData"]) == [expected]
+    # Exported too (secret), for the kit outside the cluster.
+    assert k8s3_roles.outputs[SERVICE_PASSWORDS] == expected
+    assert SERVICE_PASSWORDS in k8s3_roles.secret_outputs
+
+
+def test_secure_k8s_pods_read_the_passwords_by_secret_reference(k8s3_roles):
+    deployments = manifests(k8s3_roles, "Deployment")
+    for name in APP_DEPLOYMENTS:
+        entries = {e["name"]: e for e in container(deployments[name])["env"]}
+        for service in SERVICES:
+            entry = entries[service.env]
+            assert "value" not in entry, f"{name} has {service.env} as a literal value"
+            assert entry["valueFrom"] == {
+                "secretKeyRef": {"name": passwords.SECRET_NAME, "key": service.env}
+            }
+        # Passwords at hand, so every service connects as its own role.
+        assert "LAB_SERVICE_ROLES" not in entries
+    assert not any("sqlPassword is not set" in w for w in k8s3_roles.warnings)
+
+
+def test_secure_k8s_renders_no_password_in_plain_text(k8s3_roles):
+    plain = [SQL_PASSWORD, *(passwords.derive(SQL_PASSWORD, s.role) for s in SERVICES)]
+    for registration in k8s3_roles.mocks.registrations:
+        if registration.inputs.get("metadata", {}).get("name") == passwords.SECRET_NAME:
+            continue  # the Secret itself, registered as secret (above)
+        rendered = json.dumps(registration.inputs)
+        assert not any(p in rendered for p in plain), registration.name
+    document = manifests(k8s3_roles, "Secret")["crdblab-stack-outputs"]
+    assert not any(p in json.dumps(document) for p in plain)
+
+
+def test_service_role_urls_log_in_by_password_not_by_roots_certificate(k8s3_roles):
+    """A secure CockroachDB authenticates a connection that presents a client certificate by
+    that certificate alone: a role's URL must not carry root's."""
+    admin = k8s3_roles.outputs[SQL_URL]
+    assert "sslcert=" in admin
+    url = service_url(admin, "allocator", env={"LAB_ALLOCATOR_PASSWORD": "pw"})
+    assert url.startswith("postgresql://lab_allocator:pw@crdb-0.")
+    assert "sslcert=" not in url and "sslkey=" not in url
+    assert "sslmode=verify-full" in url and "sslrootcert=/certs/ca.crt" in url
