@@ -20,12 +20,12 @@ from workload.verify import run_checks
 
 
 def machine() -> str:
-    """Cores, memory, load and Python: what a reader needs to weigh the figures."""
+    """Cores, memory, load, Python and kernel: what a reader needs to weigh the figures."""
     load = " ".join(f"{x:.1f}" for x in psutil.getloadavg())
     return (
-        f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.machine()}, {os.cpu_count()} cores (nproc), "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, load average {load}, "
-        f"Python {platform.python_version()}"
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
     )
 
 
@@ -36,9 +36,18 @@ def seeded(dsn: str, scale: seed.Scale, seed_value: int = 42) -> None:
         seed.seed(conn, scale, seed_value)
 
 
-def verified(dsn: str) -> bool:
+def failed_checks(dsn: str) -> list[str]:
+    """The names of the verify checks that fail (none: every invariant holds)."""
     with psycopg.connect(dsn) as conn:
-        return all(r.passed for r in run_checks(conn))
+        return [r.check.name for r in run_checks(conn) if not r.passed]
+
+
+def verified(dsn: str) -> bool:
+    """Whether every verify check passes; the failing ones are named on stdout."""
+    failed = failed_checks(dsn)
+    if failed:
+        print(f"  verify FAILED: {', '.join(failed)}", flush=True)
+    return not failed
 
 
 def allocate_verified(

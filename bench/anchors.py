@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,22 +49,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import psutil  # noqa: E402
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
+from bench._common import machine, verified  # noqa: E402
 from bench.cdc_relay import running_relay, wait_for  # noqa: E402
 from bench.locust_overhead import empty_allocations  # noqa: E402
 from workload import schema, seed  # noqa: E402
 from workload.allocate import STRATEGIES, AllocatorOptions, RunOptions, run_allocation  # noqa: E402
 from workload.allocate import sql_transaction as anchor  # noqa: E402
 from workload.dialect import detect  # noqa: E402
-from workload.embedded import EmbeddedStack  # noqa: E402
+from workload.embedded import EmbeddedStack, free_port  # noqa: E402
 from workload.errors import LabError  # noqa: E402
 from workload.rebalance import rebalance  # noqa: E402
 from workload.topics import TopicSpec, ensure_topics  # noqa: E402
 from workload.trade import TradeOptions, run_bulk  # noqa: E402
-from workload.verify import run_checks  # noqa: E402
 
 DBWORKLOAD = Path(sys.executable).with_name("dbworkload")
 WRITE_CHUNK = 500  # executions per transaction when the pipeline's source is written again
@@ -111,22 +108,6 @@ class BenchError(LabError):
     """A failed way or a missing tool: one ``error:`` line, exit status 2."""
 
 
-def machine() -> str:
-    memory = psutil.virtual_memory().total / 2**30
-    load = " ".join(f"{x:.1f}" for x in psutil.getloadavg())
-    return (
-        f"{platform.machine()}, {os.cpu_count()} cores (nproc), {memory:.0f} GiB RAM, "
-        f"load average {load}, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prepare(dsn: str, scale: str, executions: int) -> int:
     """Seed, rebalance, trade executes only, keep whole block orders; how many executions."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -141,14 +122,6 @@ def prepare(dsn: str, scale: str, executions: int) -> int:
         conn.execute(SOURCE)
         conn.execute("VACUUM ANALYZE trades.executions")
         return conn.execute("SELECT count(*) FROM bench.source").fetchone()[0]
-
-
-def verified(dsn: str) -> bool:
-    with psycopg.connect(dsn) as conn:
-        failed = [r.check.name for r in run_checks(conn) if not r.passed]
-    if failed:
-        print(f"  verify FAILED: {', '.join(failed)}", flush=True)
-    return not failed
 
 
 def fresh_queue(dsn: str) -> int:

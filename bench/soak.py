@@ -31,7 +31,6 @@ import csv
 import json
 import math
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -48,6 +47,7 @@ sys.path.insert(0, str(REPO))
 import psutil  # noqa: E402
 import psycopg  # noqa: E402
 
+from bench._common import failed_checks, machine  # noqa: E402
 from workload import cdc, schema, seed  # noqa: E402
 from workload.allocate import STRATEGIES, AllocatorOptions, RunOptions, run_allocation  # noqa: E402
 from workload.cdc.options import CdcOptions  # noqa: E402
@@ -58,7 +58,6 @@ from workload.rebalance import RebalanceOptions, rebalance  # noqa: E402
 from workload.settings import load_settings, parse_duration  # noqa: E402
 from workload.topics import TopicSpec  # noqa: E402
 from workload.trade import Market, TradeOptions  # noqa: E402
-from workload.verify import run_checks  # noqa: E402
 
 GOAL = 0.10  # throughput drift and memory growth allowed
 SUPPLY_MARGIN = 1.5  # block orders for this many times the executions the run needs
@@ -330,9 +329,7 @@ def summarize(samples, args, *, code, drained, totals, record, errors_in_log,
               failed_checks) -> bool:  # fmt: skip
     per_window = windows(samples, args.window)
     label = "minute" if args.window == 60 else f"{args.window:g} s window"
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"\nmachine: {machine()}")
     print(f"run: {args.duration:g} s at {args.rate:g} executions/s ({args.markets} market users), "
           f"{args.consumers} consumers, {args.strategy}, scale {args.scale}")  # fmt: skip
     print(f"throughput per {label} (executions allocated/s):")
@@ -398,8 +395,8 @@ def main(argv=None) -> int:
                 )
                 samples, code = soak(info, run_dir, out, args, group)
                 drained = drain(info, settings, group, args)
+                failed = failed_checks(info.dsn)
                 with psycopg.connect(info.dsn) as conn:
-                    failed = [r.check.name for r in run_checks(conn) if not r.passed]
                     totals = (conn.execute(WRITTEN).fetchone()[0],
                               conn.execute(ALLOCATED).fetchone()[0])  # fmt: skip
             finally:
